@@ -1,0 +1,3 @@
+from vgp.cli import main
+
+main()

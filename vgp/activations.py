@@ -1,0 +1,133 @@
+"""Activation functions, chosen by short name.
+
+Each builder returns an :class:`Activation`: the module to put in a network (never in-place,
+since in-place ops break gradient hooks), the function and its derivative as plain torch
+functions (used by the recorder's saturation measure and by the mean-field theory), and the
+nonlinearity name that Kaiming init should use for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vgp.registry import Registry
+
+ACTIVATIONS = Registry("activation")
+
+
+@dataclass(frozen=True)
+class Activation:
+    name: str
+    module: Callable[[], nn.Module]  # a fresh, non-in-place module
+    phi: Callable[[torch.Tensor], torch.Tensor]
+    dphi: Callable[[torch.Tensor], torch.Tensor]
+    dphi_max: float  # max |phi'(x)| over x: saturation is |phi'| below 5% of this
+    kaiming: str  # nonlinearity for torch.nn.init.kaiming_*
+    kaiming_param: float | None = None  # negative slope for leaky_relu
+
+
+def _sig_d(x):
+    s = torch.sigmoid(x)
+    return s * (1 - s)
+
+
+def _gelu_d(x):
+    # d/dx [x Phi(x)] = Phi(x) + x phi(x)
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def _silu_d(x):
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
+@ACTIVATIONS.register("identity", "f(x) = x (a deep linear network)")
+def identity():
+    return Activation("identity", nn.Identity, lambda x: x, torch.ones_like, 1.0, "linear")
+
+
+@ACTIVATIONS.register("sigmoid", "logistic 1/(1+e^-x); derivative at most 1/4")
+def sigmoid():
+    return Activation("sigmoid", nn.Sigmoid, torch.sigmoid, _sig_d, 0.25, "sigmoid")
+
+
+@ACTIVATIONS.register("tanh", "hyperbolic tangent; derivative at most 1")
+def tanh():
+    return Activation("tanh", nn.Tanh, torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, 1.0, "tanh")
+
+
+@ACTIVATIONS.register("relu", "max(0, x)")
+def relu():
+    return Activation("relu", nn.ReLU, F.relu, lambda x: (x > 0).to(x.dtype), 1.0, "relu")
+
+
+@ACTIVATIONS.register("leaky_relu", "max(x, negative_slope * x)")
+def leaky_relu(negative_slope: float = 0.01):
+    a = negative_slope
+    return Activation(
+        "leaky_relu",
+        lambda: nn.LeakyReLU(a),
+        lambda x: F.leaky_relu(x, a),
+        lambda x: torch.where(x > 0, torch.ones_like(x), torch.full_like(x, a)),
+        max(1.0, abs(a)),
+        "leaky_relu",
+        a,
+    )
+
+
+@ACTIVATIONS.register("elu", "x for x > 0, alpha (e^x - 1) below")
+def elu(alpha: float = 1.0):
+    return Activation(
+        "elu",
+        lambda: nn.ELU(alpha),
+        lambda x: F.elu(x, alpha),
+        lambda x: torch.where(x > 0, torch.ones_like(x), alpha * torch.exp(torch.clamp(x, max=0))),
+        max(1.0, alpha),
+        "relu",
+    )
+
+
+_SELU_A, _SELU_S = 1.6732632423543772, 1.0507009873554805
+
+
+@ACTIVATIONS.register("selu", "scaled ELU of Klambauer et al. 2017 (use with lecun_normal)")
+def selu():
+    return Activation(
+        "selu",
+        nn.SELU,
+        F.selu,
+        lambda x: _SELU_S * torch.where(x > 0, torch.ones_like(x), _SELU_A * torch.exp(torch.clamp(x, max=0))),
+        _SELU_S * _SELU_A,
+        "linear",  # PyTorch's docs: use nonlinearity='linear' for self-normalizing nets
+    )
+
+
+@ACTIVATIONS.register("gelu", "x * Phi(x), Phi the normal CDF")
+def gelu():
+    return Activation("gelu", nn.GELU, F.gelu, _gelu_d, 1.1289, "relu")
+
+
+@ACTIVATIONS.register("silu", "x * sigmoid(x) (swish)")
+def silu():
+    return Activation("silu", nn.SiLU, F.silu, _silu_d, 1.0998, "relu")
+
+
+@ACTIVATIONS.register("softsign", "x / (1 + |x|)")
+def softsign():
+    return Activation("softsign", nn.Softsign, F.softsign, lambda x: 1 / (1 + x.abs()) ** 2, 1.0, "linear")
+
+
+@ACTIVATIONS.register("softplus", "log(1 + e^x); derivative is the sigmoid")
+def softplus():
+    return Activation("softplus", nn.Softplus, F.softplus, torch.sigmoid, 1.0, "relu")
+
+
+def get(spec: dict) -> Activation:
+    """The Activation for a resolved spec ``{name: ..., **args}``."""
+    return ACTIVATIONS.build(spec)

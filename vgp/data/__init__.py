@@ -1,0 +1,54 @@
+"""Data sets, chosen by short name. Every builder takes the seed and returns a :class:`Data`
+held in memory as tensors (the harness samples batches by index, which is fast and exact)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from vgp.registry import Registry
+
+DATASETS = Registry("dataset")
+
+
+@dataclass
+class Data:
+    x_train: torch.Tensor  # (N, *shape) float32, standardised
+    y_train: torch.Tensor  # (N,) int64 class labels, or (N, out) float32 targets
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    shape: tuple  # one example's input shape: (64,) for vectors, (C, H, W) for images
+    num_outputs: int  # classes, or regression outputs
+    task: str = "classification"  # or "regression"
+    info: dict = field(default_factory=dict)  # extra facts for summary.csv (e.g. a baseline)
+
+    def to(self, device) -> "Data":
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+def standardise(train: torch.Tensor, test: torch.Tensor, per_feature: bool, channel_dim: int | None = None):
+    """Zero mean, unit variance with the training set's statistics.
+
+    Vectors: per feature. Images: one mean/std per channel (``channel_dim``), or a single one,
+    since per-pixel statistics blow up constant border pixels.
+    """
+    if per_feature:
+        mean, std = train.mean(0, keepdim=True), train.std(0, keepdim=True)
+    elif channel_dim is not None:
+        dims = [d for d in range(train.dim()) if d != channel_dim]
+        mean, std = train.mean(dims, keepdim=True), train.std(dims, keepdim=True)
+    else:
+        mean, std = train.mean(), train.std()
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    return (train - mean) / std, (test - mean) / std
+
+
+def load(spec: dict, seed: int) -> Data:
+    """Build the data set of a resolved spec ``{name: ..., **args}``."""
+    return DATASETS.build(spec, seed)
+
+
+from vgp.data import images, synthetic  # noqa: E402,F401  (registers the data sets)

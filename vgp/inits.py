@@ -1,0 +1,150 @@
+"""Weight and bias initialisations, chosen by short name.
+
+Every init receives the tensor, an :class:`InitContext` (fans and the activation, supplied by
+the model) and its own arguments from the config. ``variance_scaling`` follows Keras/Flax:
+weights with variance ``scale / fan``; this ``scale`` is the mean-field theory's sigma_w^2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vgp.activations import Activation
+from vgp.registry import Registry
+
+INITS = Registry("init")
+BIAS_INITS = Registry("bias init")
+
+
+@dataclass(frozen=True)
+class InitContext:
+    module: nn.Module  # the layer, for PyTorch's own reset_parameters
+    activation: Activation
+
+
+def _fans(w: torch.Tensor) -> tuple[int, int]:
+    return nn.init._calculate_fan_in_and_fan_out(w)
+
+
+@INITS.register("default", "PyTorch's own: U(+-1/sqrt(fan_in)) for Linear/Conv, weight variance 1/(3 fan_in)")
+def default(w, ctx):
+    ctx.module.reset_parameters()
+
+
+@INITS.register("xavier_uniform", "Glorot & Bengio 2010: U(+-gain sqrt(6/(fan_in+fan_out)))")
+def xavier_uniform(w, ctx, gain: float = 1.0):
+    nn.init.xavier_uniform_(w, gain=gain)
+
+
+@INITS.register("xavier_normal", "Glorot & Bengio 2010: N(0, gain^2 2/(fan_in+fan_out))")
+def xavier_normal(w, ctx, gain: float = 1.0):
+    nn.init.xavier_normal_(w, gain=gain)
+
+
+def _kaiming_args(ctx, nonlinearity):
+    act = ctx.activation
+    nl = nonlinearity or act.kaiming
+    a = act.kaiming_param if (nl == "leaky_relu" and act.kaiming_param is not None) else 0.0
+    if nl == "leaky_relu" and act.kaiming_param is None:
+        a = 0.01
+    return nl, a
+
+
+_NONLIN = ["", "linear", "sigmoid", "tanh", "relu", "leaky_relu", "selu"]
+
+
+@INITS.register(
+    "kaiming_uniform",
+    "He et al. 2015, uniform; nonlinearity from the activation unless given",
+    choices={"mode": ["fan_in", "fan_out"], "nonlinearity": _NONLIN},
+)
+def kaiming_uniform(w, ctx, mode: str = "fan_in", nonlinearity: str = ""):
+    nl, a = _kaiming_args(ctx, nonlinearity)
+    nn.init.kaiming_uniform_(w, a=a, mode=mode, nonlinearity=nl)
+
+
+@INITS.register(
+    "kaiming_normal",
+    "He et al. 2015: N(0, gain^2/fan), gain from the activation (relu: 2/fan_in)",
+    choices={"mode": ["fan_in", "fan_out"], "nonlinearity": _NONLIN},
+)
+def kaiming_normal(w, ctx, mode: str = "fan_in", nonlinearity: str = ""):
+    nl, a = _kaiming_args(ctx, nonlinearity)
+    nn.init.kaiming_normal_(w, a=a, mode=mode, nonlinearity=nl)
+
+
+@INITS.register("orthogonal", "Saxe et al. 2014: a (semi-)orthogonal matrix times gain")
+def orthogonal(w, ctx, gain: float = 1.0):
+    nn.init.orthogonal_(w, gain=gain)
+
+
+@INITS.register("normal", "N(0, std^2)")
+def normal(w, ctx, std: float = 0.01):
+    nn.init.normal_(w, 0.0, std)
+
+
+@INITS.register("uniform", "U(-a, a)")
+def uniform(w, ctx, a: float = 0.05):
+    nn.init.uniform_(w, -a, a)
+
+
+@INITS.register("lecun_normal", "LeCun et al. 1998: N(0, 1/fan_in) (variance_scaling with scale 1)")
+def lecun_normal(w, ctx):
+    variance_scaling(w, ctx, 1.0, "fan_in", "normal")
+
+
+@INITS.register(
+    "variance_scaling",
+    "Keras/Flax: variance scale/fan (scale = sigma_w^2 of mean-field theory)",
+    choices={"mode": ["fan_in", "fan_out", "fan_avg"], "distribution": ["normal", "uniform", "truncated_normal"]},
+)
+def variance_scaling(w, ctx, scale: float = 1.0, mode: str = "fan_in", distribution: str = "normal"):
+    fan_in, fan_out = _fans(w)
+    fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+    var = scale / fan
+    with torch.no_grad():
+        if distribution == "normal":
+            w.normal_(0.0, math.sqrt(var))
+        elif distribution == "uniform":
+            lim = math.sqrt(3 * var)
+            w.uniform_(-lim, lim)
+        else:
+            # N(0, s^2) truncated to +-2s has variance 0.7737 s^2: correct s so the variance is exact
+            std = math.sqrt(var) / 0.87962566103423978
+            nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std)
+
+
+@BIAS_INITS.register("zeros", "all zero")
+def zeros(b, ctx):
+    nn.init.zeros_(b)
+
+
+@BIAS_INITS.register("default", "PyTorch's own: U(+-1/sqrt(fan_in)) (set together with the default weight init)")
+def bias_default(b, ctx):
+    w = ctx.module.weight
+    fan_in, _ = _fans(w)
+    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    nn.init.uniform_(b, -bound, bound)
+
+
+@BIAS_INITS.register("normal", "N(0, std^2): sigma_b^2 = std^2 of mean-field theory")
+def bias_normal(b, ctx, std: float = 0.05):
+    nn.init.normal_(b, 0.0, std)
+
+
+@BIAS_INITS.register("constant", "every bias equal to value")
+def constant(b, ctx, value: float = 0.0):
+    nn.init.constant_(b, value)
+
+
+def initialize(module: nn.Module, activation: Activation, init: dict, bias_init: dict) -> None:
+    """Apply resolved weight and bias init specs to one Linear/Conv layer (weight first)."""
+    ctx = InitContext(module, activation)
+    with torch.no_grad():
+        INITS.build(init, module.weight, ctx)
+        if getattr(module, "bias", None) is not None:
+            BIAS_INITS.build(bias_init, module.bias, ctx)

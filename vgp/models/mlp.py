@@ -1,0 +1,66 @@
+"""Fully connected networks: ``depth`` hidden blocks of Linear -> norm -> activation, then a Linear.
+
+depth=2 -> Linear, act, Linear, act, Linear (three tracked layers). With ``skip``, every hidden
+block whose input and output widths match computes h + act(norm(W h + b)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vgp.activations import Activation
+from vgp.inits import initialize
+from vgp.models import Tracked
+
+
+def make_norm(norm: str, width: int, dims: int = 1) -> nn.Module:
+    if norm == "batchnorm":
+        return nn.BatchNorm1d(width) if dims == 1 else nn.BatchNorm2d(width)
+    if norm == "layernorm":
+        return nn.LayerNorm(width)
+    return nn.Identity()
+
+
+class Block(nn.Module):
+    def __init__(self, fan_in: int, width: int, activation: Activation, norm: str, skip: bool):
+        super().__init__()
+        self.linear = nn.Linear(fan_in, width)
+        self.norm = make_norm(norm, width)
+        self.act = activation.module()
+        self.skip = skip and fan_in == width
+
+    def forward(self, h):  # (B, fan_in) -> (B, width)
+        out = self.act(self.norm(self.linear(h)))
+        return h + out if self.skip else out
+
+
+class MLP(nn.Module):
+    def __init__(self, in_size: int, out_size: int, width: int, depth: int, activation: Activation,
+                 norm: str = "none", skip: bool = False):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        sizes = [in_size] + [width] * depth
+        self.blocks = nn.ModuleList(Block(a, b, activation, norm, skip) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.out = nn.Linear(sizes[-1], out_size)
+
+    def forward(self, x):  # (B, *shape) -> (B, out_size)
+        h = self.flatten(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.out(h)
+
+    def tracked(self) -> list[Tracked]:
+        layers = [Tracked(f"blocks.{i}.linear", b.linear, b.act) for i, b in enumerate(self.blocks)]
+        return layers + [Tracked("out", self.out, None)]
+
+
+def mlp(in_shape: tuple, out_size: int, width: int, depth: int, activation: Activation, init: dict,
+        bias_init: dict, norm: str = "none", skip: bool = False) -> MLP:
+    """A fully connected network with every Linear (output layer included) initialised by ``init``."""
+    model = MLP(math.prod(in_shape), out_size, width, depth, activation, norm, skip)
+    for t in model.tracked():
+        initialize(t.layer, activation, init, bias_init)
+    return model
