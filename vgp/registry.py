@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -108,6 +109,9 @@ class Registry:
         return self[spec["name"]].fn(*args, **kwargs)
 
 
+_SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def coerce(value, like, where: str):
     """Check ``value`` against the type of a default ``like`` (int -> float is allowed)."""
     if like is None:
@@ -123,6 +127,8 @@ def coerce(value, like, where: str):
     if isinstance(like, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _SCI.match(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if isinstance(like, str):
         if isinstance(value, str):

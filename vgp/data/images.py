@@ -53,7 +53,7 @@ def _torchvision_mnist(cls_name: str, root: str, download: bool, n_train: int, n
             raise
         raise DataError(
             f"{cls_name} not found under {raw}/: put train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-            f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte there (or their .gz files), "
+            f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte there (unzipped), "
             f"or set data.download=true on a machine with internet access"
         ) from None
     except OSError as e:  # download failed: no network

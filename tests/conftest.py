@@ -1,0 +1,43 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+torch.set_num_threads(1)  # small tests are faster single-threaded, and deterministic
+
+
+def tiny(**over) -> dict:
+    """A small config as a raw mapping; keyword 'a__b' sets key 'a.b'."""
+    raw = {
+        "name": "t",
+        "seed": 0,
+        "device": "cpu",
+        "model": {"depth": 3, "width": 16, "activation": "tanh"},
+        "data": {"name": "teacher", "dim": 8, "classes": 3, "n_train": 64, "n_test": 32},
+        "train": {"steps": 5, "batch_size": 64, "eval_every": 100},
+        "log": {"every": 1},
+    }
+    for key, value in over.items():
+        node = raw
+        *parents, last = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return raw
+
+
+def vgp_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run the installed CLI the way a user does (python -m vgp, so the venv's vgp is used)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "vgp", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def cli():
+    return vgp_cli
