@@ -152,6 +152,27 @@ def test_activation_derivative_matches_autograd(name):
     assert torch.allclose(act.phi(x.detach()), module(x).detach(), atol=1e-12)
     assert act.dphi_max == pytest.approx(auto.abs().max().item(), rel=1e-3)
     assert not getattr(module, "inplace", False)
+    # the recorder's shortcut reads saturation off the output: same as |phi'| < 5% of the max
+    if act.saturated is not None:
+        xf = x.detach().float()
+        want = auto.abs() < 0.05 * auto.abs().max()
+        got = act.saturated(module(xf).detach()) == 1
+        near = (auto.abs() - 0.05 * auto.abs().max()).abs() < 1e-4  # float32 rounding at the threshold
+        assert torch.equal(got[~near], want[~near]), name
+
+
+@pytest.mark.parametrize("slope,alpha", [(0.01, 1.0), (0.2, 0.02)])
+def test_saturation_of_parametrised_activations(slope, alpha):
+    for spec in ({"name": "leaky_relu", "negative_slope": slope}, {"name": "elu", "alpha": alpha}):
+        act = activations.get(ACTIVATIONS.resolve(spec, "test"))
+        x = torch.linspace(-8, 8, 20001, dtype=torch.float64, requires_grad=True)
+        (auto,) = torch.autograd.grad(act.module()(x).sum(), x)
+        want = auto.abs() < 0.05 * auto.abs().max()
+        xf = x.detach().float()
+        got = (act.saturated(act.phi(xf)) if act.saturated else
+               (act.dphi(xf).abs() < 0.05 * act.dphi_max).float()) == 1
+        near = (auto.abs() - 0.05 * auto.abs().max()).abs() < 1e-4
+        assert torch.equal(got[~near], want[~near]), spec
 
 
 def test_hooks_are_removed_and_idle_steps_hook_nothing(tmp_path):
@@ -172,3 +193,17 @@ def test_hooks_are_removed_and_idle_steps_hook_nothing(tmp_path):
         rec.start()  # an exception here would leave hooks attached without the context manager
     counts.append(sum(len(m._forward_hooks) for m in model.modules()))
     assert counts == [7, 0, 0]  # 4 linear layers + 3 activations while recording
+
+
+def test_fewer_kinds_record_only_those(tmp_path):
+    cfg = config.from_dict(tiny(log__kinds=["output_grad", "weight_grad", "saturation"]))
+    assert cfg.log.kinds == ["weight_grad", "output_grad", "saturation"]
+    folder = run(cfg, out=tmp_path, quiet=True).folder
+    g = pd.read_csv(folder / "grad_norms.csv")
+    assert set(g.kind) == {"weight_grad", "output_grad", "saturation"}
+    full = run(config.from_dict(tiny(name="full")), out=tmp_path, quiet=True).folder
+    f = pd.read_csv(full / "grad_norms.csv")
+    merged = g.merge(f, on=["step", "layer", "kind"], suffixes=("", "_full"))
+    assert len(merged) == len(g) and (merged.value == merged.value_full).all()
+    with pytest.raises(config.ConfigError, match="log.kinds: invalid value 'grad'"):
+        config.from_dict(tiny(log__kinds=["grad"]))

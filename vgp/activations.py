@@ -30,6 +30,28 @@ class Activation:
     dphi_max: float  # max |phi'(x)| over x: saturation is |phi'| below 5% of this
     kaiming: str  # nonlinearity for torch.nn.init.kaiming_*
     kaiming_param: float | None = None  # negative slope for leaky_relu
+    # saturated(h) -> 0/1 floats: |phi'(z)| < 5% of its max, read off the output h = phi(z).
+    # None: the recorder evaluates dphi on the pre-activation z instead (slower).
+    saturated: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def above(x: torch.Tensor, c: float, inplace: bool = False) -> torch.Tensor:
+    """(x > c) as 0./1. floats, with arithmetic only; ``inplace`` reuses x (a temporary).
+
+    On the CPU, comparisons and boolean reductions run about four times slower than float
+    arithmetic; this keeps the recorder's saturation measure cheap. Exact wherever x - c is
+    not below 1e-38 (fl(x - c) > 0 exactly when x > c).
+    """
+    d = x.sub_(c) if inplace else x - c
+    return d.mul_(1e38).clamp_(0, 1)
+
+
+def not_above(x: torch.Tensor, c: float, inplace: bool = False) -> torch.Tensor:
+    """(x <= c) as 0./1. floats."""
+    return above(x, c, inplace).neg_().add_(1)
+
+
+SAT = 0.05  # saturated: |phi'| below 5% of its maximum
 
 
 def _sig_d(x):
@@ -49,22 +71,27 @@ def _silu_d(x):
 
 @ACTIVATIONS.register("identity", "f(x) = x (a deep linear network)")
 def identity():
-    return Activation("identity", nn.Identity, lambda x: x, torch.ones_like, 1.0, "linear")
+    return Activation("identity", nn.Identity, lambda x: x, torch.ones_like, 1.0, "linear",
+                      saturated=torch.zeros_like)
 
 
 @ACTIVATIONS.register("sigmoid", "logistic 1/(1+e^-x); derivative at most 1/4")
 def sigmoid():
-    return Activation("sigmoid", nn.Sigmoid, torch.sigmoid, _sig_d, 0.25, "sigmoid")
+    # h(1-h) < 0.05/4  <=>  |h - 1/2| > sqrt(1/4 - 0.05/4)
+    return Activation("sigmoid", nn.Sigmoid, torch.sigmoid, _sig_d, 0.25, "sigmoid",
+                      saturated=lambda h: above((h - 0.5).abs_(), math.sqrt(0.25 * (1 - SAT)), True))
 
 
 @ACTIVATIONS.register("tanh", "hyperbolic tangent; derivative at most 1")
 def tanh():
-    return Activation("tanh", nn.Tanh, torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, 1.0, "tanh")
+    return Activation("tanh", nn.Tanh, torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, 1.0, "tanh",
+                      saturated=lambda h: above(h.abs(), math.sqrt(1 - SAT), True))  # 1 - h^2 < 0.05
 
 
 @ACTIVATIONS.register("relu", "max(0, x)")
 def relu():
-    return Activation("relu", nn.ReLU, F.relu, lambda x: (x > 0).to(x.dtype), 1.0, "relu")
+    return Activation("relu", nn.ReLU, F.relu, lambda x: (x > 0).to(x.dtype), 1.0, "relu",
+                      saturated=lambda h: not_above(h, 0.0))  # phi' = 0 where z <= 0, i.e. h = 0
 
 
 @ACTIVATIONS.register("leaky_relu", "max(x, negative_slope * x)")
@@ -78,6 +105,8 @@ def leaky_relu(negative_slope: float = 0.01):
         max(1.0, abs(a)),
         "leaky_relu",
         a,
+        # phi' = a where z <= 0 (h <= 0): saturated there when |a| < 5% of max(1, |a|)
+        saturated=(lambda h: not_above(h, 0.0)) if abs(a) < SAT else (lambda h: torch.zeros_like(h)),
     )
 
 
@@ -90,6 +119,10 @@ def elu(alpha: float = 1.0):
         lambda x: torch.where(x > 0, torch.ones_like(x), alpha * torch.exp(torch.clamp(x, max=0))),
         max(1.0, alpha),
         "relu",
+        # where z <= 0, phi' = alpha e^z = h + alpha; with alpha >= 5% of the max that is the only
+        # place it can be small (else fall back to phi'(z))
+        saturated=(lambda h: not_above(h, SAT * max(1.0, alpha) - alpha)) if alpha >= SAT * max(1.0, alpha)
+        else None,
     )
 
 
@@ -105,6 +138,7 @@ def selu():
         lambda x: _SELU_S * torch.where(x > 0, torch.ones_like(x), _SELU_A * torch.exp(torch.clamp(x, max=0))),
         _SELU_S * _SELU_A,
         "linear",  # PyTorch's docs: use nonlinearity='linear' for self-normalizing nets
+        saturated=lambda h: not_above(h, -(1 - SAT) * _SELU_S * _SELU_A),  # phi' = h + s a where z <= 0
     )
 
 
@@ -120,12 +154,14 @@ def silu():
 
 @ACTIVATIONS.register("softsign", "x / (1 + |x|)")
 def softsign():
-    return Activation("softsign", nn.Softsign, F.softsign, lambda x: 1 / (1 + x.abs()) ** 2, 1.0, "linear")
+    return Activation("softsign", nn.Softsign, F.softsign, lambda x: 1 / (1 + x.abs()) ** 2, 1.0, "linear",
+                      saturated=lambda h: above(h.abs(), 1 - math.sqrt(SAT), True))  # phi' = (1 - |h|)^2
 
 
 @ACTIVATIONS.register("softplus", "log(1 + e^x); derivative is the sigmoid")
 def softplus():
-    return Activation("softplus", nn.Softplus, F.softplus, torch.sigmoid, 1.0, "relu")
+    return Activation("softplus", nn.Softplus, F.softplus, torch.sigmoid, 1.0, "relu",
+                      saturated=lambda h: not_above(h, -math.log(1 - SAT)))  # phi' = 1 - e^-h < 0.05
 
 
 def get(spec: dict) -> Activation:

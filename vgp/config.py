@@ -25,6 +25,11 @@ import yaml
 from vgp.errors import ConfigError
 from vgp.registry import Registry, coerce, did_you_mean
 
+# what the recorder can record per layer (vgp.record.KINDS; kept here so that validating a
+# config does not import torch)
+KINDS = ("weight_grad", "bias_grad", "output_grad", "weight", "update_ratio",
+         "act_mean", "act_std", "saturation", "dead")
+
 
 def _f(default, doc: str, choices=None, spec: str | None = None):
     """A config field: default, one-line doc, optional choices, optional registry name for specs."""
@@ -70,6 +75,8 @@ class TrainConfig:
 @dataclass
 class LogConfig:
     every: int = _f(10, "record gradients every N steps; step 0 (before any update) and the last step always")
+    kinds: list = _f(list(KINDS), "what to record per layer (fewer kinds cost less when recording every step)",
+                     choices=list(KINDS))
 
 
 @dataclass
@@ -158,11 +165,22 @@ def _build(raw: dict, cls, prefix: str, source: str):
                 raise ConfigError(f"{source}: {e}") from None
             continue
         value = raw.get(name, default)
+        choices = f.metadata["choices"]
+        if isinstance(default, list):  # a list of choices, e.g. log.kinds
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not value:
+                raise ConfigError(f"{source}: {where}: expected a non-empty list, got {value!r}")
+            for v in value:
+                if v not in choices:
+                    raise ConfigError(f"{source}: {where}: invalid value {v!r}{did_you_mean(v, choices)} "
+                                      f"(valid: {', '.join(choices)})")
+            kwargs[name] = [c for c in choices if c in value]  # canonical order, no repeats
+            continue
         try:
             value = coerce(value, default, where)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
-        choices = f.metadata["choices"]
         if choices and value not in choices:
             raise ConfigError(
                 f"{source}: {where}: invalid value {value!r}{did_you_mean(value, choices)} "
@@ -306,7 +324,7 @@ def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             doc = f.metadata["doc"]
-            if f.metadata["choices"]:
+            if f.metadata["choices"] and not isinstance(default, list):
                 doc += f" ({' | '.join(f.metadata['choices'])})"
             rows.append((prefix + f.name, yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("..."), doc))
     return rows

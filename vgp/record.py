@@ -12,7 +12,9 @@ Life of a recorded step::
 
 Nothing is computed in the hooks themselves and nothing is hooked on steps that are not
 recorded, so those run at the speed of a bare loop. Norms of many tensors are taken with one
-``torch._foreach_norm`` call; activation statistics of equally shaped layers in one stacked op.
+``torch._foreach_norm`` call; activation statistics of equally shaped layers in one stacked op;
+saturation is read off the activation's output where its derivative allows, with float
+arithmetic rather than comparisons (see ``activations.above``).
 The caller converts the result to Python once per recorded step (one host synchronisation).
 """
 
@@ -22,13 +24,11 @@ import math
 
 import torch
 
-from vgp.activations import Activation
+from vgp.activations import SAT as SATURATION, Activation, not_above
+from vgp.config import KINDS  # weight_grad, bias_grad, output_grad, weight, update_ratio, act_*
 from vgp.models import Tracked
 
-KINDS = ("weight_grad", "bias_grad", "output_grad", "weight", "update_ratio",
-         "act_mean", "act_std", "saturation", "dead")
 ACT_KINDS = ("act_mean", "act_std", "saturation", "dead")
-SATURATION = 0.05  # a unit is saturated where |phi'(x)| < 5% of max |phi'|
 
 
 def _norms(tensors: list) -> list[torch.Tensor]:
@@ -37,20 +37,34 @@ def _norms(tensors: list) -> list[torch.Tensor]:
 
 
 class GradientRecorder:
-    def __init__(self, tracked: list[Tracked], activation: Activation):
+    def __init__(self, tracked: list[Tracked], activation: Activation, params: list | None = None,
+                 kinds=KINDS):
+        """``params``: every trained parameter (default: the tracked layers' own), for the total
+        gradient norm, which is taken from the same per-tensor norms as weight_grad/bias_grad.
+        ``kinds``: what to record; only what they need is hooked, copied and computed."""
         self.tracked = tracked
+        self.kinds = set(kinds)
+        self._want_z = "output_grad" in self.kinds
+        self._want_act = bool(self.kinds & set(ACT_KINDS))
+        self._want_update = "update_ratio" in self.kinds
         self.names = [t.name for t in tracked]
         self.activation = activation
         self.weights = [t.layer.weight for t in tracked]
         self.has_bias = [t.layer.bias is not None for t in tracked]
         self.biases = [t.layer.bias for t in tracked if t.layer.bias is not None]
         self.has_act = [t.act is not None for t in tracked]
-        self._prev = [torch.empty_like(w) for w in self.weights]  # weights before the step
+        self._prev = [torch.empty_like(w) for w in self.weights] if self._want_update else []  # W before the step
         self._hooks: list = []
         self._out_grads: list = []
         self._act_in: list = []
         self._act_out: list = []
-        self._partial: dict | None = None
+        self._bias_index = [i for i, b in enumerate(self.has_bias) if b]
+        self.params = list(params) if params is not None else self.weights + self.biases
+        pos = {id(p): k for k, p in enumerate(self.params)}
+        self._weight_pos = torch.tensor([pos[id(w)] for w in self.weights])
+        self._bias_pos = torch.tensor([pos[id(b)] for b in self.biases], dtype=torch.long)
+        self.total_grad_norm: torch.Tensor | None = None  # set by after_backward
+        self._values: torch.Tensor | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self):
@@ -75,6 +89,8 @@ class GradientRecorder:
                     continue
                 if k in ACT_KINDS and not self.has_act[i]:
                     continue
+                if k not in self.kinds:
+                    continue
                 pairs.append((k, i))  # layer by layer, kinds in KINDS order
         return pairs
 
@@ -86,8 +102,9 @@ class GradientRecorder:
         self._act_in = [None] * n
         self._act_out = [None] * n
         for i, t in enumerate(self.tracked):
-            self._hooks.append(t.layer.register_forward_hook(self._layer_hook(i)))
-            if t.act is not None:
+            if self._want_z:
+                self._hooks.append(t.layer.register_forward_hook(self._layer_hook(i)))
+            if t.act is not None and self._want_act:
                 self._hooks.append(t.act.register_forward_hook(self._act_hook(i)))
 
     def _layer_hook(self, i):
@@ -98,8 +115,11 @@ class GradientRecorder:
         return hook
 
     def _act_hook(self, i):
+        keep_input = self.activation.saturated is None  # z is needed only without a shortcut
+
         def hook(module, inputs, output):
-            self._act_in[i] = inputs[0].detach()
+            if keep_input:
+                self._act_in[i] = inputs[0].detach()
             self._act_out[i] = output.detach()
 
         return hook
@@ -107,63 +127,66 @@ class GradientRecorder:
     def after_backward(self) -> None:
         """Norms of dLoss/dW, dLoss/db, dLoss/dz and of W (before clipping and the step)."""
         self._detach()
-        dev = self.weights[0].device
-        zero = torch.zeros((), device=dev)
-        nan = torch.full((), math.nan, device=dev)
-        wg = _norms([w.grad if w.grad is not None else torch.zeros_like(w) for w in self.weights])
-        bg_iter = iter(_norms([b.grad if b.grad is not None else torch.zeros_like(b) for b in self.biases]))
-        bg = [next(bg_iter) if has else nan for has in self.has_bias]
-        present = [g for g in self._out_grads if g is not None]
-        og_iter = iter(_norms(present))
-        og = [next(og_iter) if g is not None else zero for g in self._out_grads]
-        w = _norms(self.weights)
-        torch._foreach_copy_(self._prev, [p.detach() for p in self.weights])
-        self._partial = {"weight_grad": wg, "bias_grad": bg, "output_grad": og, "weight": w}
-        self._partial.update(self._act_stats())
-        self._out_grads = [None] * len(self.tracked)
-        self._act_in = [None] * len(self.tracked)
-        self._act_out = [None] * len(self.tracked)
+        n = len(self.tracked)
+        values = torch.full((len(KINDS), n), math.nan, device=self.weights[0].device)
+        row = {k: j for j, k in enumerate(KINDS)}
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        norms = torch.stack(_norms(grads))  # one per parameter tensor
+        self.total_grad_norm = torch.linalg.vector_norm(norms)
+        values[row["weight_grad"]] = norms[self._weight_pos.to(norms.device)]
+        if self.biases:
+            values[row["bias_grad"], self._bias_index] = norms[self._bias_pos.to(norms.device)]
+        # a layer whose output got no gradient (not on the loss's path) has a zero output_grad
+        if self._want_z:
+            og = [g if g is not None else torch.zeros(1, device=values.device) for g in self._out_grads]
+            values[row["output_grad"]] = torch.stack(_norms(og))
+        weights = [w.detach() for w in self.weights]
+        if self._want_update or "weight" in self.kinds:
+            values[row["weight"]] = torch.stack(_norms(weights))
+        if self._want_update:
+            torch._foreach_copy_(self._prev, weights)
+        if self._want_act:
+            self._act_stats(values, row)
+        self._values = values
+        self._out_grads = [None] * n
+        self._act_in = [None] * n
+        self._act_out = [None] * n
 
     def after_step(self) -> torch.Tensor:
         """The step's values as a (len(KINDS), L) tensor on the device (NaN where not applicable)."""
-        delta = torch._foreach_sub(self._prev, [p.detach() for p in self.weights])  # W_old - W_new
-        moved = _norms(delta)
-        w = self._partial["weight"]
-        self._partial["update_ratio"] = [m / n for m, n in zip(moved, w)]
-        rows = [torch.stack(self._partial[k]) for k in KINDS]
-        self._partial = None
-        return torch.stack(rows)
+        values, self._values = self._values, None
+        if self._want_update:
+            torch._foreach_sub_(self._prev, [w.detach() for w in self.weights])  # W_old - W_new, in place
+            values[KINDS.index("update_ratio")] = torch.stack(_norms(self._prev)) / values[KINDS.index("weight")]
+        return values
 
-    def _act_stats(self) -> dict[str, list[torch.Tensor]]:
-        """Mean and std of each activation output, saturated and dead fractions.
+    def _act_stats(self, values: torch.Tensor, row: dict) -> None:
+        """Mean and std of each activation output, saturated and dead fractions, into ``values``.
 
-        Layers whose activations have the same shape are stacked and reduced together.
-        ``dead``: fraction of units (features; for conv maps, channel-positions) that are zero
-        for every example of the batch. ``saturation``: fraction of (example, unit) entries with
-        |phi'(pre-activation)| below 5% of its maximum.
+        Layers whose activations have the same shape are stacked and reduced together (one
+        kernel per statistic instead of one per layer). ``act_mean``/``act_std``: over batch and
+        units (population std). ``saturation``: fraction of (example, unit) entries with
+        |phi'(pre-activation)| below 5% of its maximum. ``dead``: fraction of units (features;
+        for conv maps, channel-positions) whose output is zero for every example of the batch.
         """
-        n = len(self.tracked)
-        dev = self.weights[0].device
-        nan = torch.full((), math.nan, device=dev)
-        out = {k: [nan] * n for k in ACT_KINDS}
         groups: dict[tuple, list[int]] = {}
-        for i in range(n):
-            if self._act_out[i] is not None:
-                groups.setdefault(tuple(self._act_out[i].shape), []).append(i)
+        for i, h in enumerate(self._act_out):
+            if h is not None:
+                groups.setdefault(tuple(h.shape), []).append(i)
+        sat_fn = self.activation.saturated
         for shape, idx in groups.items():
-            b = shape[0]
-            h = torch.stack([self._act_out[i] for i in idx]).reshape(len(idx), b, -1)  # (G, B, U)
-            z = torch.stack([self._act_in[i] for i in idx]).reshape(len(idx), b, -1)
+            index = torch.tensor(idx, device=values.device)
+            h = torch.stack([self._act_out[i] for i in idx]).flatten(2)  # (G, B, U)
             count = h.shape[1] * h.shape[2]
-            s1 = h.sum((1, 2))
-            s2 = (h * h).sum((1, 2))
-            mean = s1 / count
-            std = (s2 / count - mean * mean).clamp(min=0).sqrt()
-            sat = (self.activation.dphi(z).abs() < SATURATION * self.activation.dphi_max).sum((1, 2)) / count
-            dead = (~(h != 0).any(1)).sum(1) / h.shape[2]
-            for j, i in enumerate(idx):
-                out["act_mean"][i] = mean[j]
-                out["act_std"][i] = std[j]
-                out["saturation"][i] = sat[j]
-                out["dead"][i] = dead[j]
-        return out
+            mean = h.sum((1, 2)) / count
+            sq = torch.linalg.vector_norm(h, dim=(1, 2)) ** 2 / count
+            if sat_fn is not None:
+                sat = sat_fn(h)
+            else:
+                z = torch.stack([self._act_in[i] for i in idx]).flatten(2)
+                sat = not_above(self.activation.dphi(z).abs_(), SATURATION * self.activation.dphi_max, True)
+            values[row["act_mean"], index] = mean
+            values[row["act_std"], index] = (sq - mean * mean).clamp_(min=0).sqrt_()
+            values[row["saturation"], index] = sat.sum((1, 2)) / count
+            lo, hi = h.amin(1), h.amax(1)  # (G, U): a unit is dead where both are 0
+            values[row["dead"], index] = not_above(lo.abs_().add_(hi.abs_()), 0.0).mean(1)

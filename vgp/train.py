@@ -153,7 +153,7 @@ def run(cfg: config.Config, out: str | Path | None = None, force: bool = False, 
         params = [p for p in model.parameters() if p.requires_grad]
         opt = OPTIMIZERS.build(cfg.train.optimizer, params)
         criterion = loss_fn(data.task)
-        recorder = GradientRecorder(model.tracked(), act)
+        recorder = GradientRecorder(model.tracked(), act, params, cfg.log.kinds)
         grad_csv = results.CsvStream(folder / "grad_norms.csv", GRAD_COLUMNS)
         metrics_csv = results.CsvStream(folder / "metrics.csv", METRIC_COLUMNS)
         streams = [grad_csv, metrics_csv]
@@ -215,7 +215,7 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
             if recording:
                 recorder.after_backward()
                 grads = [p.grad for p in params if p.grad is not None]
-                gn = _total_norm(grads)
+                gn = recorder.total_grad_norm
                 clipped = no
                 if clip.mode == "value":
                     clipped = torch.stack(torch._foreach_norm(grads, float("inf"))).max() > clip.value
@@ -244,7 +244,7 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
             grad_csv.write([step, i + 1, recorder.names[i], k, flat[j]] for (k, i), j in zip(pairs, flat_index))
             metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), opt.param_groups[0]["lr"],
                                 round(elapsed, 4), test_loss, test_acc]])
-            if step == 0:
+            if step == 0 and "output_grad" in cfg.log.kinds:
                 grad_ratio = _grad_ratio(flat, n_layers)
             last_loss = l
             progress.update(bar, completed=done, loss=f"{l:.4g}")
