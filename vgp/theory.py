@@ -1,0 +1,323 @@
+"""Mean-field theory of signal propagation in wide random networks (Poole et al. 2016,
+Schoenholz et al. 2017): what the gradient norms of a freshly initialised MLP should do.
+
+A layer computes z_l = W_l phi(z_{l-1}) + b_l with W_l entries of variance sigma_w^2 / fan_in and
+biases of variance sigma_b^2. In a wide net every unit of z_l is Gaussian with variance q_l::
+
+    q_1     = sigma_w^2 E[x^2] + sigma_b^2                    (E[x^2] = 1 for standardised inputs)
+    q_{l+1} = sigma_w^2 E[phi(sqrt(q_l) Z)^2] + sigma_b^2      (Z ~ N(0, 1))
+
+and back-propagation through dLoss/dz_l = phi'(z_l) * W_{l+1}^T dLoss/dz_{l+1} multiplies the
+squared gradient norm by sigma_w^2 E[phi'(sqrt(q_l) Z)^2] per layer. At the fixed point q* of the
+forward map that factor is chi_1; the measured per-layer ratio ||dz_l|| / ||dz_{l+1}|| should be
+sqrt(chi_1) (below 1: gradients vanish toward the input; above 1: they explode). chi_1 < 1 is the
+*ordered* phase, chi_1 > 1 the *chaotic* one, chi_1 = 1 the *critical* line ("edge of chaos").
+
+Expectations are Gauss-Hermite sums in float64 over ``vgp.activations``' own ``phi``/``dphi``, so
+every registered activation is covered; ReLU, leaky ReLU and the identity use exact closed forms.
+Example: tanh with sigma_b^2 = 0.05 is critical at sigma_w^2 = 1.76 (Schoenholz et al., fig. 1)::
+
+    >>> round(critical_weight_var("tanh", 0.05), 2)
+    1.76
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vgp.activations import ACTIVATIONS
+from vgp.errors import UserError
+
+_N_NODES = 200  # even: no node at 0, where relu' jumps
+_Z, _W = np.polynomial.hermite_e.hermegauss(_N_NODES)
+_W = _W / _W.sum()  # E[f(Z)] = sum(_W * f(_Z)) for Z ~ N(0, 1)
+_ZT, _WT = torch.from_numpy(_Z), torch.from_numpy(_W)
+
+CRITICAL_TOL = 1e-3  # |chi_1 - 1| below this: the critical phase
+Q_INF = 1e12  # a forward variance above this is taken as diverging (no finite fixed point)
+
+
+def _act(activation):
+    """An Activation from a name, a spec {name: ..., **args} or an Activation."""
+    if hasattr(activation, "phi"):
+        return activation
+    spec = {"name": activation} if isinstance(activation, str) else dict(activation)
+    try:
+        return ACTIVATIONS.build(ACTIVATIONS.resolve(spec, "activation"))
+    except UserError:
+        raise
+    except Exception as e:  # pragma: no cover - a registry bug, not a user mistake
+        raise UserError(f"activation {spec}: {e}") from None
+
+
+def _closed_form(act) -> tuple[float, float] | None:
+    """(E[phi(sZ)^2] / s^2, E[phi'(sZ)^2]) for positively homogeneous activations, else None."""
+    if act.name == "identity":
+        return 1.0, 1.0
+    if act.name == "relu":
+        return 0.5, 0.5
+    if act.name == "leaky_relu":
+        a = act.kaiming_param
+        return (1 + a * a) / 2, (1 + a * a) / 2
+    return None
+
+
+def gauss(f, q: float) -> float:
+    """E[f(sqrt(q) Z)] for Z ~ N(0, 1), f a torch function; Gauss-Hermite in float64."""
+    return float(torch.sum(_WT * f(math.sqrt(max(q, 0.0)) * _ZT)))
+
+
+def forward_var(activation, q: float) -> float:
+    """E[phi(sqrt(q) Z)^2]."""
+    act = _act(activation)
+    cf = _closed_form(act)
+    return cf[0] * q if cf else gauss(lambda x: act.phi(x) ** 2, q)
+
+
+def slope_var(activation, q: float) -> float:
+    """E[phi'(sqrt(q) Z)^2]."""
+    act = _act(activation)
+    cf = _closed_form(act)
+    return cf[1] if cf else gauss(lambda x: act.dphi(x) ** 2, q)
+
+
+def q_star(activation, weight_var: float, bias_var: float, input_var: float = 1.0, tol: float = 1e-13,
+           max_iter: int = 5000) -> float:
+    """The fixed point of the forward variance map that a net reaches from standardised inputs.
+
+    Iterates q_{l+1} = sigma_w^2 E[phi(sqrt(q_l) Z)^2] + sigma_b^2 from q_1 = sigma_w^2 input_var +
+    sigma_b^2; returns inf when q grows without bound (e.g. ReLU with sigma_w^2 > 2).
+    """
+    act = _act(activation)
+    q = weight_var * input_var + bias_var
+    for _ in range(max_iter):
+        new = weight_var * forward_var(act, q) + bias_var
+        if not math.isfinite(new) or new > Q_INF:
+            return math.inf
+        if abs(new - q) <= tol * max(q, 1e-300):
+            return new
+        q = new
+    return q
+
+
+def chi1(activation, weight_var: float, bias_var: float, q: float | None = None) -> float:
+    """sigma_w^2 E[phi'(sqrt(q*) Z)^2]: the factor by which a layer multiplies E||dLoss/dz||^2.
+
+    ``q``: the pre-activation variance to evaluate at (default: the fixed point q*).
+    """
+    act = _act(activation)
+    if q is None:
+        q = q_star(act, weight_var, bias_var)
+    if not math.isfinite(q):
+        q = Q_INF  # the limit of an unbounded variance (the slope distribution has settled)
+    return weight_var * slope_var(act, q)
+
+
+def phase(chi: float, tol: float = CRITICAL_TOL) -> str:
+    """'ordered' (chi_1 < 1: gradients vanish), 'chaotic' (> 1: explode) or 'critical'."""
+    if abs(chi - 1) <= tol:
+        return "critical"
+    return "ordered" if chi < 1 else "chaotic"
+
+
+def depth_scale(chi: float) -> float:
+    """Layers over which E||dLoss/dz||^2 changes by a factor e: 1/|ln chi_1| (Schoenholz et al.'s
+    xi_grad); infinite at criticality. A net much deeper than this cannot pass gradients through."""
+    return math.inf if chi == 1 else 1 / abs(math.log(chi))
+
+
+def critical_weight_var(activation, bias_var: float, lo: float = 1e-3, hi: float = 1e3) -> float:
+    """sigma_w^2 with chi_1 = 1 at this sigma_b^2 (the edge of chaos), by bisection on log sigma_w^2."""
+    act = _act(activation)
+    f = lambda w: chi1(act, w, bias_var) - 1  # noqa: E731
+    grid = np.geomspace(lo, hi, 61)
+    values = [f(w) for w in grid]
+    for a, b, fa, fb in zip(grid[:-1], grid[1:], values[:-1], values[1:]):
+        if fa < 0 <= fb:
+            for _ in range(60):
+                m = math.sqrt(a * b)
+                if f(m) < 0:
+                    a = m
+                else:
+                    b = m
+            return math.sqrt(a * b)
+    raise UserError(f"{act.name} at bias variance {bias_var}: chi_1 does not cross 1 for sigma_w^2 in [{lo}, {hi}]")
+
+
+@dataclass
+class Profile:
+    """The finite-depth prediction, layer by layer (layer 1 at the input, layer L+1 the output).
+
+    ``q[l-1]``: forward variance of z_l for hidden layers l = 1..L; ``ratio[l-1]``: predicted
+    ||dz_l|| / ||dz_{l+1}||, l = 1..L (the last one: last hidden layer over the output layer);
+    ``norm[l-1]``: predicted ||dz_l|| / ||dz_{L+1}||, l = 1..L+1 (the output layer is 1).
+    """
+
+    q: list[float]
+    ratio: list[float]
+    norm: list[float] = field(default_factory=list)
+
+
+def profile(activation, weight_vars, bias_vars, depth: int | None = None, input_var: float = 1.0) -> Profile:
+    """Predicted variances and gradient ratios of a depth-L net from standardised inputs.
+
+    ``weight_vars``/``bias_vars``: one sigma_w^2/sigma_b^2 for every layer, or a list of L+1 of them
+    (layer 1 .. output), since the first and last layer's fans can differ from the hidden width.
+    The asymptotic sqrt(chi_1) is reached only once q_l has converged to q*.
+    """
+    act = _act(activation)
+    if depth is None:
+        depth = len(weight_vars) - 1
+    sw = list(weight_vars) if isinstance(weight_vars, (list, tuple)) else [weight_vars] * (depth + 1)
+    sb = list(bias_vars) if isinstance(bias_vars, (list, tuple)) else [bias_vars] * (depth + 1)
+    if len(sw) != depth + 1 or len(sb) != depth + 1:
+        raise ValueError(f"need {depth + 1} weight and bias variances, got {len(sw)} and {len(sb)}")
+    qs, ratios = [], []
+    q = sw[0] * input_var + sb[0]
+    for l in range(depth):  # hidden layer l+1
+        qs.append(q)
+        ratios.append(math.sqrt(sw[l + 1] * slope_var(act, min(q, Q_INF))))
+        q = sw[l + 1] * forward_var(act, min(q, Q_INF)) + sb[l + 1]
+    norm = [1.0]
+    for r in reversed(ratios):
+        norm.append(norm[-1] * r)
+    return Profile(qs, ratios, norm[::-1])
+
+
+def predict(activation, weight_var: float, bias_var: float, depth: int | None = None,
+            setting: "Setting | None" = None) -> dict:
+    """Everything ``vgp theory`` prints, as a JSON-able dict. ``setting``: per-layer variances
+    (from a config) for the profile, whose first and last layers can differ from the hidden ones."""
+    act = _act(activation)
+    q = q_star(act, weight_var, bias_var)
+    c = chi1(act, weight_var, bias_var, q)
+    out = {"activation": act.name, "weight_var": weight_var, "bias_var": bias_var, "q_star": q, "chi1": c,
+           "ratio_per_layer": math.sqrt(c), "depth_scale": depth_scale(c), "phase": phase(c)}
+    if depth is not None:
+        p = profile(act, setting.weight_vars, setting.bias_vars) if setting and setting.depth == depth else \
+            profile(act, weight_var, bias_var, depth)
+        out["profile"] = [{"layer": l + 1, "q": q_l, "ratio": r, "norm": n}
+                          for l, (q_l, r, n) in enumerate(zip(p.q + [None], p.ratio + [None], p.norm))]
+    return out
+
+
+# -- sigma_w^2 and sigma_b^2 from a config ------------------------------------------------------
+
+class NotApplicable(Exception):
+    """The mean-field theory of plain MLPs does not describe this net (the message says why)."""
+
+
+@dataclass
+class Setting:
+    """Per-layer sigma_w^2 = fan_in Var(W_l) and sigma_b^2 = Var(b_l), layers 1..L+1, with notes."""
+
+    activation: dict
+    weight_vars: list[float]
+    bias_vars: list[float]
+    notes: list[str]
+
+    @property
+    def depth(self) -> int:
+        return len(self.weight_vars) - 1
+
+    @property
+    def hidden(self) -> tuple[float, float]:
+        """(sigma_w^2, sigma_b^2) of the hidden-to-hidden layers (layer 2; layer 1 without them)."""
+        i = 1 if self.depth >= 2 else 0
+        return self.weight_vars[i], self.bias_vars[i]
+
+
+def _weight_var(init: dict, act, fan_in: int, fan_out: int) -> tuple[float, str | None]:
+    """fan_in * Var(W) for one layer's init spec, and a note when it depends on the width."""
+    name, g = init["name"], init.get("gain", 1.0)
+    if name == "default":
+        return 1 / 3, None
+    if name in ("xavier_uniform", "xavier_normal"):
+        return g * g * 2 * fan_in / (fan_in + fan_out), None
+    if name in ("kaiming_uniform", "kaiming_normal"):
+        nl = init.get("nonlinearity") or act.kaiming
+        a = act.kaiming_param if act.kaiming_param is not None else 0.01
+        gain2 = torch.nn.init.calculate_gain(nl, a if nl == "leaky_relu" else None) ** 2
+        return gain2 * (fan_in / fan_out if init.get("mode") == "fan_out" else 1.0), None
+    if name == "orthogonal":  # entries of a semi-orthogonal matrix have variance g^2 / max(fans)
+        return g * g * fan_in / max(fan_in, fan_out), None
+    if name == "normal":
+        return init["std"] ** 2 * fan_in, f"init normal(std={init['std']}) gives sigma_w^2 = std^2 fan_in, which grows with the width"
+    if name == "uniform":
+        return init["a"] ** 2 / 3 * fan_in, f"init uniform(a={init['a']}) gives sigma_w^2 = a^2 fan_in / 3, which grows with the width"
+    if name == "lecun_normal":
+        return 1.0, None
+    if name == "variance_scaling":
+        fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[init.get("mode", "fan_in")]
+        return init["scale"] * fan_in / fan, None
+    raise NotApplicable(f"init '{name}' is not an i.i.d. random init; the mean-field theory does not cover it")
+
+
+def _bias_var(bias: dict, fan_in: int) -> float:
+    name = bias["name"]
+    if name == "zeros" or (name == "constant" and bias.get("value", 0.0) == 0):
+        return 0.0
+    if name == "default":
+        return 1 / (3 * fan_in)
+    if name == "normal":
+        return bias["std"] ** 2
+    raise NotApplicable(f"bias init '{name}' (a constant {bias.get('value')}) is not a zero-mean random bias")
+
+
+def from_config(cfg: dict, in_size: int | None = None, out_size: int | None = None) -> Setting:
+    """sigma_w^2, sigma_b^2 of every layer from a resolved config (``config.to_dict`` or a run's
+    config.yaml). ``in_size``/``out_size`` default to the data's ``dim``/``classes`` when it names
+    them, else to the width (said in the notes). Raises NotApplicable with the reason."""
+    m = cfg["model"]
+    if m.get("arch", "mlp") != "mlp":
+        kind = "recurrent" if m["arch"] in ("rnn", "lstm", "gru") else "convolutional"
+        raise NotApplicable(f"model.arch={m['arch']}: a {kind} net; this theory covers plain fully connected nets")
+    if m.get("norm", "none") != "none":
+        raise NotApplicable(f"model.norm={m['norm']}: normalisation resets the forward variance at every layer")
+    if m.get("skip") and m["depth"] >= 2:
+        raise NotApplicable("model.skip=true: residual connections add the identity to every layer's Jacobian")
+    act = _act(m["activation"])
+    width, depth = m["width"], m["depth"]
+    notes = []
+    data = cfg.get("data", {})
+    if in_size is None:
+        in_size = data.get("dim") if isinstance(data.get("dim"), int) else None
+    if out_size is None:
+        out_size = data.get("classes") if isinstance(data.get("classes"), int) else None
+    fans = [in_size or width] + [width] * depth
+    fans_out = [width] * depth + [out_size or width]
+    width_dependent = {"xavier_uniform", "xavier_normal", "orthogonal", "normal", "uniform"}
+    if m["init"]["name"] in width_dependent and (in_size is None or out_size is None):
+        notes.append("input/output sizes unknown: the first and last layer are taken as wide as the hidden ones")
+    sw, sb = [], []
+    for fi, fo in zip(fans, fans_out):
+        v, note = _weight_var(m["init"], act, fi, fo)
+        sw.append(v)
+        sb.append(_bias_var(m["bias_init"], fi))
+        if note and note not in notes:
+            notes.append(note)
+    return Setting(m["activation"], sw, sb, notes)
+
+
+def describe(p: dict) -> str:
+    """``predict``'s dict as a few lines for people."""
+    lines = [
+        f"{p['activation']}, sigma_w^2 = {p['weight_var']:.4g}, sigma_b^2 = {p['bias_var']:.4g}",
+        f"  fixed point q*        {p['q_star']:.4g}   (pre-activation variance deep in the net)",
+        f"  chi_1                 {p['chi1']:.4g}   = sigma_w^2 E[phi'(sqrt(q*) Z)^2]",
+        f"  ratio per layer       {p['ratio_per_layer']:.4g}   = sqrt(chi_1), predicted ||dL/dz_l|| / ||dL/dz_l+1||",
+        f"  depth scale           {p['depth_scale']:.4g}   layers (1/|ln chi_1|)",
+        f"  phase                 {p['phase']}",
+    ]
+    lines += [f"  note: {n}" for n in p.get("notes", [])]
+    if "profile" in p:
+        lines.append("  layer        q_l   ratio l/l+1   ||dz_l||/||dz_out||")
+        for r in p["profile"]:
+            q = "" if r["q"] is None else f"{r['q']:10.4g}"
+            ratio = "" if r["ratio"] is None else f"{r['ratio']:12.4g}"
+            lines.append(f"  {r['layer']:5d} {q:>10} {ratio:>13} {r['norm']:20.4g}")
+    return "\n".join(lines)
