@@ -60,7 +60,8 @@ def _reference(cfg, steps):
         metrics[(step, "loss")] = loss.item()
         metrics[(step, "grad_norm")] = total
         metrics[(step, "acc")] = (logits.argmax(1) == d.y_train).double().mean().item()
-        pre_clip = [(t.layer.weight.grad.double().norm().item(), t.layer.bias.grad.double().norm().item())
+        pre_clip = [(t.layer.weight.grad.double().norm().item(),
+                     t.layer.bias.grad.double().norm().item() if t.layer.bias is not None else None)
                     for t in tracked]
         if cfg.train.clip.mode == "norm":
             torch.nn.utils.clip_grad_norm_(params, cfg.train.clip.max_norm)
@@ -71,7 +72,9 @@ def _reference(cfg, steps):
         for i, t in enumerate(tracked):
             layer = i + 1
             w = t.layer.weight
-            grads[(step, layer, "weight_grad")], grads[(step, layer, "bias_grad")] = pre_clip[i]
+            grads[(step, layer, "weight_grad")], bias_grad = pre_clip[i]
+            if bias_grad is not None:
+                grads[(step, layer, "bias_grad")] = bias_grad
             grads[(step, layer, "output_grad")] = zs[i].grad.double().norm().item()
             grads[(step, layer, "weight")] = before[i].double().norm().item()
             grads[(step, layer, "update_ratio")] = ((w.detach() - before[i]).double().norm() /
@@ -103,6 +106,11 @@ CASES = {
                                     train__clip={"mode": "value", "value": 0.001}),
     "leaky-orthogonal": dict(model__activation={"name": "leaky_relu", "negative_slope": 0.2},
                              model__init={"name": "orthogonal", "gain": 1.3}, model__bias_init="zeros"),
+    # conv nets: output_grad of a conv is the norm over batch, channels and positions
+    "resnet-batchnorm": dict(model__arch="resnet", model__depth=8, model__width=4, model__norm="batchnorm",
+                             model__skip=True, model__activation="relu", data={"name": "digits", "n_test": 1733}),
+    "plain-conv-gelu": dict(model__arch="resnet", model__depth=8, model__width=4, model__norm="none",
+                            model__skip=False, model__activation="gelu", data={"name": "digits", "n_test": 1733}),
 }
 
 

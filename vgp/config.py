@@ -31,9 +31,11 @@ KINDS = ("weight_grad", "bias_grad", "output_grad", "weight", "update_ratio",
          "act_mean", "act_std", "saturation", "dead")
 
 
-def _f(default, doc: str, choices=None, spec: str | None = None):
-    """A config field: default, one-line doc, optional choices, optional registry name for specs."""
-    meta = {"doc": doc, "choices": choices, "spec": spec}
+def _f(default, doc: str, choices=None, spec: str | None = None, like=None):
+    """A config field: default, one-line doc, optional choices, optional registry name for specs.
+
+    ``like``: a value of the field's type, for fields whose default is None (= decided later)."""
+    meta = {"doc": doc, "choices": choices, "spec": spec, "like": like}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -41,19 +43,25 @@ def _f(default, doc: str, choices=None, spec: str | None = None):
 
 def _section(cls, doc: str):
     """A nested section, defaulting to its own defaults."""
-    return field(default_factory=cls, metadata={"doc": doc, "choices": None, "spec": None})
+    return field(default_factory=cls, metadata={"doc": doc, "choices": None, "spec": None, "like": None})
 
 
 @dataclass
 class ModelConfig:
-    arch: str = _f("mlp", "network family", choices=["mlp"])
-    depth: int = _f(10, "number of hidden layers (depth=2 -> Linear, act, Linear, act, Linear)")
-    width: int = _f(256, "units per hidden layer")
+    arch: str = _f("mlp", "network family", choices=["mlp", "resnet", "rnn", "lstm", "gru"])
+    depth: int = _f(None, "mlp: hidden layers (2 -> Linear, act, Linear, act, Linear); resnet: weight layers, 6n+2; "
+                          "rnn/lstm/gru: stacked recurrent layers (default 10, 20, 1)", like=0)
+    width: int = _f(None, "mlp: units per hidden layer; resnet: channels of the first stage; rnn/lstm/gru: hidden "
+                          "size (default 256, 16, 128)", like=0)
     activation: Any = _f("relu", "activation function (vgp ls activations)", spec="activations")
     init: Any = _f("default", "weight init of every layer, output layer included (vgp ls inits)", spec="inits")
     bias_init: Any = _f("default", "bias init of every layer (vgp ls inits)", spec="bias_inits")
     norm: str = _f("none", "normalisation between the linear map and the activation", choices=["none", "batchnorm", "layernorm"])
-    skip: bool = _f(False, "residual connection around every hidden block whose input and output widths match")
+    skip: bool = _f(False, "residual connection around every hidden block whose input and output widths match "
+                           "(resnet: the ResNet; false: the plain net)")
+    recurrent_init: Any = _f("default", "rnn/lstm/gru: init of the hidden-to-hidden weights, per gate "
+                                        "(e.g. orthogonal, identity for the IRNN)", spec="inits")
+    forget_bias: float = _f(1.0, "lstm: forget-gate bias (b_ih; b_hh is 0)")
 
 
 @dataclass
@@ -178,7 +186,8 @@ def _build(raw: dict, cls, prefix: str, source: str):
             kwargs[name] = [c for c in choices if c in value]  # canonical order, no repeats
             continue
         try:
-            value = coerce(value, default, where)
+            if value is not None or f.metadata["like"] is None:
+                value = coerce(value, default if default is not None else f.metadata["like"], where)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
         if choices and value not in choices:
@@ -190,6 +199,7 @@ def _build(raw: dict, cls, prefix: str, source: str):
     return cls(**kwargs)
 
 
+ARCH_DEFAULTS = {"mlp": (10, 256), "resnet": (20, 16), "rnn": (1, 128), "lstm": (1, 128), "gru": (1, 128)}
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -204,6 +214,24 @@ def _check(cfg: Config, source: str) -> None:
         bad(f"name: {cfg.name!r} may only use letters, digits, '.', '_' and '-' (and is not '.' or '..')")
     if not _DEVICE.match(cfg.device):
         bad(f"device: invalid value {cfg.device!r} (valid: auto, cpu, cuda, cuda:N)")
+    m = cfg.model
+    depth, width = ARCH_DEFAULTS[m.arch]
+    m.depth = depth if m.depth is None else m.depth
+    m.width = width if m.width is None else m.width
+    if m.arch == "resnet":
+        from vgp.models.resnet import blocks_per_stage
+
+        try:
+            blocks_per_stage(m.depth)
+        except ConfigError as e:
+            bad(str(e))
+        if m.norm == "layernorm":
+            bad("model.norm: a resnet takes none or batchnorm")
+    if m.arch in ("rnn", "lstm", "gru"):
+        if m.norm != "none" or m.skip:
+            bad(f"model.norm/model.skip: {m.arch} takes neither (norm: none, skip: false)")
+        if m.depth < 1:
+            bad(f"model.depth: {m.arch} needs at least 1 layer, got {m.depth}")
     for key, value, low in [
         ("model.depth", cfg.model.depth, 0), ("model.width", cfg.model.width, 1),
         ("train.steps", cfg.train.steps, 1), ("train.batch_size", cfg.train.batch_size, 1),

@@ -22,17 +22,36 @@ BIAS_INITS = Registry("bias init")
 
 @dataclass(frozen=True)
 class InitContext:
-    module: nn.Module  # the layer, for PyTorch's own reset_parameters
+    weight: torch.Tensor  # the layer's weight (a bias's fan_in comes from it)
     activation: Activation
+    default_bound: float | None = None  # PyTorch's recurrent layers: U(+-1/sqrt(hidden)) for everything
 
 
 def _fans(w: torch.Tensor) -> tuple[int, int]:
     return nn.init._calculate_fan_in_and_fan_out(w)
 
 
-@INITS.register("default", "PyTorch's own: U(+-1/sqrt(fan_in)) for Linear/Conv, weight variance 1/(3 fan_in)")
+def _default_bound(ctx) -> float:
+    if ctx.default_bound is not None:
+        return ctx.default_bound
+    fan_in, _ = _fans(ctx.weight)
+    return 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+
+@INITS.register("default", "PyTorch's own: U(+-1/sqrt(fan_in)) for Linear/Conv (weight variance 1/(3 fan_in)), "
+                           "U(+-1/sqrt(hidden)) for recurrent layers")
 def default(w, ctx):
-    ctx.module.reset_parameters()
+    # what reset_parameters does: kaiming_uniform_(a=sqrt(5)) draws U(+-1/sqrt(fan_in))
+    nn.init.uniform_(w, -_default_bound(ctx), _default_bound(ctx))
+
+
+@INITS.register("identity", "the identity matrix times scale (IRNN of Le et al. 2015; a Dirac kernel for convs)")
+def identity(w, ctx, scale: float = 1.0):
+    if w.dim() == 2:
+        nn.init.eye_(w)
+    else:
+        nn.init.dirac_(w)
+    w.mul_(scale)
 
 
 @INITS.register("xavier_uniform", "Glorot & Bengio 2010: U(+-gain sqrt(6/(fan_in+fan_out)))")
@@ -123,12 +142,9 @@ def zeros(b, ctx):
     nn.init.zeros_(b)
 
 
-@BIAS_INITS.register("default", "PyTorch's own: U(+-1/sqrt(fan_in)) (set together with the default weight init)")
+@BIAS_INITS.register("default", "PyTorch's own: U(+-1/sqrt(fan_in)) (recurrent layers: U(+-1/sqrt(hidden)))")
 def bias_default(b, ctx):
-    w = ctx.module.weight
-    fan_in, _ = _fans(w)
-    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    nn.init.uniform_(b, -bound, bound)
+    nn.init.uniform_(b, -_default_bound(ctx), _default_bound(ctx))
 
 
 @BIAS_INITS.register("normal", "N(0, std^2): sigma_b^2 = std^2 of mean-field theory")
@@ -143,8 +159,14 @@ def constant(b, ctx, value: float = 0.0):
 
 def initialize(module: nn.Module, activation: Activation, init: dict, bias_init: dict) -> None:
     """Apply resolved weight and bias init specs to one Linear/Conv layer (weight first)."""
-    ctx = InitContext(module, activation)
+    init_tensors(module.weight, getattr(module, "bias", None), activation, init, bias_init)
+
+
+def init_tensors(weight: torch.Tensor, bias: torch.Tensor | None, activation: Activation, init: dict,
+                 bias_init: dict, default_bound: float | None = None) -> None:
+    """Initialise a weight (and its bias) in place; also works on views, e.g. one gate's block."""
+    ctx = InitContext(weight, activation, default_bound)
     with torch.no_grad():
-        INITS.build(init, module.weight, ctx)
-        if getattr(module, "bias", None) is not None:
-            BIAS_INITS.build(bias_init, module.bias, ctx)
+        INITS.build(init, weight, ctx)
+        if bias is not None:
+            BIAS_INITS.build(bias_init, bias, ctx)

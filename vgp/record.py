@@ -38,10 +38,11 @@ def _norms(tensors: list) -> list[torch.Tensor]:
 
 class GradientRecorder:
     def __init__(self, tracked: list[Tracked], activation: Activation, params: list | None = None,
-                 kinds=KINDS):
+                 kinds=KINDS, model=None):
         """``params``: every trained parameter (default: the tracked layers' own), for the total
         gradient norm, which is taken from the same per-tensor norms as weight_grad/bias_grad.
-        ``kinds``: what to record; only what they need is hooked, copied and computed."""
+        ``kinds``: what to record; only what they need is hooked, copied and computed.
+        ``model``: a recurrent net (one with ``hidden_sink``) also gets dLoss/dh_t per time step."""
         self.tracked = tracked
         self.kinds = set(kinds)
         self._want_z = "output_grad" in self.kinds
@@ -64,6 +65,11 @@ class GradientRecorder:
         self._weight_pos = torch.tensor([pos[id(w)] for w in self.weights])
         self._bias_pos = torch.tensor([pos[id(b)] for b in self.biases], dtype=torch.long)
         self.total_grad_norm: torch.Tensor | None = None  # set by after_backward
+        self.model = model if hasattr(model, "hidden_sink") else None
+        self._time: dict = {}  # (layer, t) -> dLoss/dh_t
+        self._time_keys: list = []
+        self.time_keys: list[tuple[int, int]] = []  # (layer, t) of time_values, after after_backward
+        self.time_values: torch.Tensor | None = None  # (len(time_keys),) norms of dLoss/dh_t
         self._values: torch.Tensor | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -78,6 +84,8 @@ class GradientRecorder:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        if self.model is not None:
+            self.model.hidden_sink = None
 
     def applicable(self) -> list[tuple[str, int]]:
         """The (kind, layer index) pairs that exist: no bias kinds without a bias, no act kinds
@@ -88,6 +96,8 @@ class GradientRecorder:
                 if k == "bias_grad" and not self.has_bias[i]:
                     continue
                 if k in ACT_KINDS and not self.has_act[i]:
+                    continue
+                if k == "output_grad" and not self.tracked[i].output:
                     continue
                 if k not in self.kinds:
                     continue
@@ -101,8 +111,11 @@ class GradientRecorder:
         self._out_grads = [None] * n
         self._act_in = [None] * n
         self._act_out = [None] * n
+        if self.model is not None:
+            self._time, self._time_keys = {}, []
+            self.model.hidden_sink = self._hidden
         for i, t in enumerate(self.tracked):
-            if self._want_z:
+            if self._want_z and t.output:
                 self._hooks.append(t.layer.register_forward_hook(self._layer_hook(i)))
             if t.act is not None and self._want_act:
                 self._hooks.append(t.act.register_forward_hook(self._act_hook(i)))
@@ -113,6 +126,12 @@ class GradientRecorder:
                 output.register_hook(lambda g: self._out_grads.__setitem__(i, g))
 
         return hook
+
+    def _hidden(self, layer: int, t: int, h: torch.Tensor) -> None:
+        """Called by a recurrent net with each hidden state: keep a reference to its full gradient."""
+        self._time_keys.append((layer, t))
+        if h.requires_grad:
+            h.register_hook(lambda g, key=(layer, t): self._time.__setitem__(key, g))
 
     def _act_hook(self, i):
         keep_input = self.activation.saturated is None  # z is needed only without a shortcut
@@ -147,6 +166,12 @@ class GradientRecorder:
             torch._foreach_copy_(self._prev, weights)
         if self._want_act:
             self._act_stats(values, row)
+        if self.model is not None:
+            keys = sorted(self._time_keys)  # layer by layer, t in order
+            zero = torch.zeros(1, device=values.device)
+            self.time_keys = keys
+            self.time_values = torch.stack(_norms([self._time.get(k, zero) for k in keys])) if keys else None
+            self._time, self._time_keys = {}, []
         self._values = values
         self._out_grads = [None] * n
         self._act_in = [None] * n

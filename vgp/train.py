@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 
 import vgp
-from vgp import activations, config, data as datasets, results
+from vgp import activations, analysis, config, data as datasets, results
 from vgp.errors import UserError
-from vgp.models import mlp
+from vgp.models import mlp, recurrent, resnet
 from vgp.optim import OPTIMIZERS
 from vgp.record import KINDS, GradientRecorder
 
 GRAD_COLUMNS = ["step", "layer", "name", "kind", "value"]
+TIME_COLUMNS = ["step", "layer", "t", "value"]
 METRIC_COLUMNS = ["step", "loss", "acc", "grad_norm", "grad_norm_clipped", "clipped", "lr", "elapsed_s",
                   "test_loss", "test_acc"]
 
@@ -60,7 +61,20 @@ def build_model(model_cfg: config.ModelConfig, data: datasets.Data):
     """The network a config describes, on the CPU, initialised (seed the global RNG first)."""
     act = activations.get(model_cfg.activation)
     m = model_cfg
-    net = mlp(data.shape, data.num_outputs, m.width, m.depth, act, m.init, m.bias_init, m.norm, m.skip)
+    if m.arch == "mlp":
+        net = mlp(data.shape, data.num_outputs, m.width, m.depth, act, m.init, m.bias_init, m.norm, m.skip)
+    elif m.arch == "resnet":
+        if len(data.shape) != 3:
+            raise UserError(f"model.arch: a resnet needs image data of shape (C, H, W); data '{data.name}' gives "
+                            f"inputs of shape {tuple(data.shape)} (image sets: digits, mnist, fashion_mnist, cifar10)")
+        net = resnet(data.shape, data.num_outputs, m.width, m.depth, act, m.init, m.bias_init, m.norm, m.skip)
+    else:
+        if len(data.shape) != 2:
+            raise UserError(f"model.arch: {m.arch} needs sequences of shape (T, F); data '{data.name}' gives inputs "
+                            f"of shape {tuple(data.shape)} (sequence sets: adding, copy, seq_digits, seq_mnist)")
+        net = recurrent(m.arch, data.shape, data.num_outputs, m.width, m.depth, act, m.init, m.bias_init,
+                        m.recurrent_init, m.forget_bias, per_step=data.y_train.dim() == 2 and
+                        data.task == "classification")
     return net, act
 
 
@@ -75,7 +89,15 @@ def batches(n: int, batch_size: int, seed: int, device):
 
 
 def loss_fn(task: str):
-    return F.cross_entropy if task == "classification" else F.mse_loss
+    """Cross-entropy for classes (per step for (B, T, C) outputs), mean squared error otherwise."""
+    if task != "classification":
+        return F.mse_loss
+    return lambda logits, y: F.cross_entropy(logits.flatten(0, -2), y.flatten())
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fraction of correct predictions (of every position, for sequence outputs); on the device."""
+    return (logits.argmax(-1) == y).float().mean()
 
 
 @torch.no_grad()
@@ -86,11 +108,12 @@ def evaluate(model, x, y, task: str, chunk: int = 4096) -> tuple[float, float | 
     total, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
     for i in range(0, len(x), chunk):
         out = model(x[i:i + chunk])
-        if task == "classification":
-            total += F.cross_entropy(out, y[i:i + chunk], reduction="sum")
-            correct += (out.argmax(1) == y[i:i + chunk]).sum()
+        yy = y[i:i + chunk]
+        if task == "classification":  # per example: the mean over its positions, for sequence outputs
+            total += F.cross_entropy(out.flatten(0, -2), yy.flatten(), reduction="sum") * len(yy) / yy.numel()
+            correct += (out.argmax(-1) == yy).float().sum() * len(yy) / yy.numel()
         else:
-            total += F.mse_loss(out, y[i:i + chunk], reduction="sum") / out[0].numel()
+            total += F.mse_loss(out, yy, reduction="sum") / out[0].numel()
     model.train(was_training)
     n = len(x)
     return total.item() / n, (correct.item() / n if task == "classification" else None)
@@ -153,11 +176,16 @@ def run(cfg: config.Config, out: str | Path | None = None, force: bool = False, 
         params = [p for p in model.parameters() if p.requires_grad]
         opt = OPTIMIZERS.build(cfg.train.optimizer, params)
         criterion = loss_fn(data.task)
-        recorder = GradientRecorder(model.tracked(), act, params, cfg.log.kinds)
+        recorder = GradientRecorder(model.tracked(), act, params, cfg.log.kinds, model)
         grad_csv = results.CsvStream(folder / "grad_norms.csv", GRAD_COLUMNS)
         metrics_csv = results.CsvStream(folder / "metrics.csv", METRIC_COLUMNS)
         streams = [grad_csv, metrics_csv]
-        outcome = _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics_csv, quiet)
+        time_csv = None
+        if recorder.model is not None:  # recurrent: dLoss/dh_t per time step
+            time_csv = results.CsvStream(folder / "time_grads.csv", TIME_COLUMNS)
+            streams.append(time_csv)
+        outcome = _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics_csv, time_csv,
+                         quiet)
     except BaseException as e:
         for s in streams:
             s.close()  # rows so far stay in the .partial files
@@ -172,14 +200,15 @@ def run(cfg: config.Config, out: str | Path | None = None, force: bool = False, 
         s.finish()
     wall = time.perf_counter() - t_start
     summary = {**config.flatten(config.to_dict(cfg)), **outcome, "wall_s": round(wall, 3),
-               **{f"data.{k}": v for k, v in data.info.items()}}
+               **data.info}
+    summary.update(analysis.summary_columns(folder))  # verdict, decay per layer, theory (reads the CSVs)
     results.write_json(folder / "meta.json", _meta(device, started, summary["status"], ended=_now(),
                                                    wall_s=summary["wall_s"], train_s=outcome["train_s"]))
     results.atomic_write(folder / "summary.csv", results.csv_text([summary], list(summary)))
     return RunResult(folder, summary["status"], summary)
 
 
-def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics_csv, quiet) -> dict:
+def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics_csv, time_csv, quiet) -> dict:
     """The loop. Returns the summary's outcome columns."""
     device = data.x_train.device
     clip, steps, every, eval_every = cfg.train.clip, cfg.train.steps, cfg.log.every, cfg.train.eval_every
@@ -233,19 +262,27 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
             # record: everything of this step leaves the device in one transfer
             values = recorder.after_step()  # (len(KINDS), L)
             gnc = _total_norm(grads) if clip.mode != "none" else gn
-            acc = (logits.detach().argmax(1) == y).float().mean() if data.task == "classification" else nan
+            acc = accuracy(logits.detach(), y) if data.task == "classification" else nan
             scalars = torch.stack([loss.detach().float(), acc, gn, gnc, clipped.float()])
-            host = torch.cat([values.flatten(), scalars, torch.stack(pending)]).tolist()
+            parts = [values.flatten(), scalars, torch.stack(pending)]
+            n_time = 0
+            if recorder.time_values is not None:
+                parts.append(recorder.time_values)
+                n_time = len(recorder.time_keys)
+            host = torch.cat(parts).tolist()
             pending.clear()
             elapsed = time.perf_counter() - t_loop
-            flat, (l, a, g, gc, c), losses = host[:values.numel()], host[values.numel():values.numel() + 5], \
-                host[values.numel() + 5:]
+            nv = values.numel()
+            flat, (l, a, g, gc, c) = host[:nv], host[nv:nv + 5]
+            losses, time_norms = host[nv + 5:len(host) - n_time], host[len(host) - n_time:]
+            if time_csv is not None:
+                time_csv.write([step, k, t, v] for (k, t), v in zip(recorder.time_keys, time_norms))
 
             grad_csv.write([step, i + 1, recorder.names[i], k, flat[j]] for (k, i), j in zip(pairs, flat_index))
             metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), opt.param_groups[0]["lr"],
                                 round(elapsed, 4), test_loss, test_acc]])
             if step == 0 and "output_grad" in cfg.log.kinds:
-                grad_ratio = _grad_ratio(flat, n_layers)
+                grad_ratio = _grad_ratio(flat, recorder)
             last_loss = l
             progress.update(bar, completed=done, loss=f"{l:.4g}")
 
@@ -270,12 +307,14 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
             "train_s": round(train_s, 3)}
 
 
-def _grad_ratio(flat: list[float], n_layers: int) -> float | None:
-    """output_grad of layer 1 over that of the last hidden layer (None without hidden layers)."""
-    if n_layers < 2:
+def _grad_ratio(flat: list[float], recorder: GradientRecorder) -> float | None:
+    """output_grad of layer 1 over that of the last hidden layer (None without hidden layers, and for
+    recurrent nets, whose layers' signal is in time_grads.csv)."""
+    hidden = [i for i, t in enumerate(recorder.tracked) if t.output and t.act is not None]
+    if not hidden:
         return None
-    start = KINDS.index("output_grad") * n_layers
-    first, last = flat[start], flat[start + n_layers - 2]
+    start = KINDS.index("output_grad") * len(recorder.tracked)
+    first, last = flat[start + hidden[0]], flat[start + hidden[-1]]
     if last == 0:
         return math.nan if first == 0 else math.inf
     return first / last

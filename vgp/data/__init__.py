@@ -22,7 +22,7 @@ class Data:
     num_outputs: int  # classes, or regression outputs
     task: str = "classification"  # or "regression"
     info: dict = field(default_factory=dict)  # extra facts for summary.csv (e.g. a baseline)
-
+    name: str = ""  # the registered name, for messages
     def to(self, device) -> "Data":
         for name in ("x_train", "y_train", "x_test", "y_test"):
             setattr(self, name, getattr(self, name).to(device))
@@ -48,7 +48,9 @@ def standardise(train: torch.Tensor, test: torch.Tensor, per_feature: bool, chan
 
 def load(spec: dict, seed: int) -> Data:
     """Build the data set of a resolved spec ``{name: ..., **args}``."""
-    return DATASETS.build(spec, seed)
+    data = DATASETS.build(spec, seed)
+    data.name = spec["name"]
+    return data
 
 
-from vgp.data import images, synthetic  # noqa: E402,F401  (registers the data sets)
+from vgp.data import images, sequence, synthetic  # noqa: E402,F401  (registers the data sets)

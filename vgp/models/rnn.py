@@ -1,0 +1,134 @@
+"""Recurrent nets (``rnn``, ``lstm``, ``gru``), unrolled one time step at a time.
+
+Unrolling (cells, not the fused ``nn.RNN``/``nn.LSTM``) is what makes the hidden state h_t of
+every step a tensor of its own: the gradient dLoss/dh_t that reaches it is the full one, through
+time and from the layer above, not just the share the loss sends to step t directly (which is
+all that a hook on a fused layer's output sequence sees).
+
+``width`` is the hidden size, ``depth`` the number of stacked layers. The vanilla ``rnn``
+computes h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh) with any registered activation.
+Inputs are (B, T, F); the output is the last step's (B, out) or, with ``per_step``, (B, T, out).
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Callable
+
+import torch
+from torch import nn
+
+from vgp.activations import Activation
+from vgp.activations import tanh as tanh_activation
+from vgp.inits import init_tensors, initialize
+from vgp.models import Tracked
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # row blocks of W_ih / W_hh (PyTorch's gate order)
+
+
+class VanillaLayer(nn.Module):
+    def __init__(self, in_size: int, hidden: int, activation: Activation):
+        super().__init__()
+        self.ih = nn.Linear(in_size, hidden)
+        self.hh = nn.Linear(hidden, hidden)
+        self.act = activation.module()
+        self.hidden = hidden
+
+    def weights(self):
+        return (self.ih.weight, self.ih.bias), (self.hh.weight, self.hh.bias)
+
+    def steps(self, x, sink):  # (B, T, F) -> list of T tensors (B, H)
+        xw = self.ih(x)  # (B, T, H): the input part of every step in one matmul
+        h = x.new_zeros(x.shape[0], self.hidden)
+        out = []
+        for t in range(x.shape[1]):
+            h = self.act(xw[:, t] + self.hh(h))
+            if sink is not None:
+                sink(t, h)
+            out.append(h)
+        return out
+
+
+class CellLayer(nn.Module):
+    def __init__(self, kind: str, in_size: int, hidden: int):
+        super().__init__()
+        self.cell = (nn.LSTMCell if kind == "lstm" else nn.GRUCell)(in_size, hidden)
+        self.kind, self.hidden = kind, hidden
+
+    def weights(self):
+        c = self.cell
+        return (c.weight_ih, c.bias_ih), (c.weight_hh, c.bias_hh)
+
+    def steps(self, x, sink):
+        h = x.new_zeros(x.shape[0], self.hidden)
+        c = torch.zeros_like(h)
+        out = []
+        for t in range(x.shape[1]):
+            if self.kind == "lstm":
+                h, c = self.cell(x[:, t], (h, c))
+            else:
+                h = self.cell(x[:, t], h)
+            if sink is not None:
+                sink(t, h)
+            out.append(h)
+        return out
+
+
+class RecurrentNet(nn.Module):
+    def __init__(self, kind: str, in_size: int, out_size: int, width: int, depth: int, activation: Activation,
+                 per_step: bool = False):
+        super().__init__()
+        sizes = [in_size] + [width] * depth
+        self.layers = nn.ModuleList(
+            VanillaLayer(a, width, activation) if kind == "rnn" else CellLayer(kind, a, width)
+            for a, b in zip(sizes[:-1], sizes[1:])
+        )
+        self.out = nn.Linear(width, out_size)
+        self.kind, self.per_step = kind, per_step
+        # set by the recorder on recorded steps: called with (layer from 1, t from 1, h_t)
+        self.hidden_sink: Callable[[int, int, torch.Tensor], None] | None = None
+
+    def forward(self, x):  # (B, T, F) -> (B, out) or (B, T, out)
+        sink = self.hidden_sink
+        for k, layer in enumerate(self.layers):
+            layer_sink = (lambda t, h, k=k: sink(k + 1, t + 1, h)) if sink is not None else None
+            hs = layer.steps(x, layer_sink)
+            x = torch.stack(hs, 1)  # (B, T, H)
+        return self.out(x) if self.per_step else self.out(x[:, -1])
+
+    def tracked(self) -> list[Tracked]:
+        layers = []
+        for k, layer in enumerate(self.layers):
+            (wi, bi), (wh, bh) = layer.weights()
+            layers.append(Tracked(f"layers.{k}.ih", SimpleNamespace(weight=wi, bias=bi), None, output=False))
+            layers.append(Tracked(f"layers.{k}.hh", SimpleNamespace(weight=wh, bias=bh), None, output=False))
+        return layers + [Tracked("out", self.out, None)]
+
+
+def recurrent(kind: str, in_shape: tuple, out_size: int, width: int, depth: int, activation: Activation,
+              init: dict, bias_init: dict, recurrent_init: dict, forget_bias: float = 1.0,
+              per_step: bool = False) -> RecurrentNet:
+    """An unrolled RNN/LSTM/GRU on inputs of shape (T, F).
+
+    ``init`` and ``bias_init`` set the input-to-hidden weights (and the output layer),
+    ``recurrent_init`` the hidden-to-hidden ones, one gate block at a time (so that, e.g.,
+    ``orthogonal`` makes each gate's recurrent matrix orthogonal). ``default`` is PyTorch's
+    recurrent default, U(+-1/sqrt(width)). An LSTM's forget-gate bias is ``forget_bias``
+    (b_ih) plus zero (b_hh): 1.0 as in Jozefowicz et al. 2015.
+    """
+    model = RecurrentNet(kind, in_shape[-1], out_size, width, depth, activation, per_step)
+    gate_act = activation if kind == "rnn" else tanh_activation()  # what kaiming should assume
+    bound = 1 / math.sqrt(width)
+    for layer in model.layers:
+        (wi, bi), (wh, bh) = layer.weights()
+        for w, b, spec in ((wi, bi, init), (wh, bh, recurrent_init)):
+            for g in range(GATES[kind]):
+                rows = slice(g * width, (g + 1) * width)
+                init_tensors(w[rows], b[rows], gate_act, spec, bias_init, default_bound=bound)
+        if kind == "lstm":
+            with torch.no_grad():
+                bi[width:2 * width].fill_(forget_bias)
+                bh[width:2 * width].zero_()
+    initialize(model.out, gate_act, init, bias_init)
+    return model
