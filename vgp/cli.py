@@ -116,6 +116,96 @@ def ls(what: str = typer.Argument("all", help="activations | inits | optimizers 
         console.print(table)
 
 
+@app.command()
+def diagnose(
+    run_dir: Path = typer.Argument(..., help="a run folder", show_default=False),
+    json_: bool = typer.Option(False, "--json", help="print one JSON object instead of the report"),
+    vanishing: float = typer.Option(0.1, help="verdict vanishing: gradient compounded over the depth below this"),
+    exploding: float = typer.Option(10.0, help="verdict exploding: compounded above this"),
+    drop: float = typer.Option(0.01, help="report layers whose gradient is below this x the output layer's"),
+    stall: float = typer.Option(0.02, help="stalled: the loss fell by less than this fraction"),
+):
+    """Say whether a run's gradients vanish, explode or flow, with the evidence and one line of advice."""
+    import json
+
+    from vgp import analysis
+
+    d = analysis.diagnose(run_dir, analysis.Thresholds(vanishing, exploding, drop, stall))
+    if json_:
+        typer.echo(json.dumps(analysis.jsonable(d)))
+    else:
+        from rich.console import Console
+
+        Console().print(analysis.report(d), highlight=False)
+
+
+@app.command()
+def theory(
+    config: Optional[Path] = typer.Argument(None, help="a config: take sigma_w^2, sigma_b^2 from its init",
+                                            show_default=False),
+    activation: str = typer.Option("tanh", help="activation (vgp ls activations)"),
+    weight_var: Optional[float] = typer.Option(None, "--weight-var", help="sigma_w^2 (weights N(0, sigma_w^2/fan_in))"),
+    bias_var: float = typer.Option(0.0, "--bias-var", help="sigma_b^2"),
+    depth: Optional[int] = typer.Option(None, help="also print the finite-depth profile of this many hidden layers"),
+    critical: bool = typer.Option(False, "--critical", help="find the critical sigma_w^2 (chi_1 = 1) at this sigma_b^2"),
+    json_: bool = typer.Option(False, "--json", help="print one JSON object"),
+):
+    """Mean-field predictions (Poole et al. 2016, Schoenholz et al. 2017): q*, chi_1, gradient ratio, phase."""
+    import json
+
+    from vgp import analysis, theory as th
+
+    notes, setting = [], None
+    if config is not None:
+        from vgp import config as cfgmod
+
+        cfg = cfgmod.load(config)
+        try:
+            setting = th.from_config(cfgmod.to_dict(cfg))
+        except th.NotApplicable as e:
+            raise UserError(f"{config}: the mean-field theory does not apply: {e}") from None
+        act, (weight_var, bias_var), notes = setting.activation, setting.hidden, setting.notes
+        depth = cfg.model.depth if depth is None else depth
+    else:
+        act = activation
+    if critical:
+        weight_var = th.critical_weight_var(act, bias_var)
+    if weight_var is None:
+        raise UserError("give --weight-var, --critical or a config file")
+    out = th.predict(act, weight_var, bias_var, depth, setting if config is not None and not critical else None)
+    if notes:
+        out["notes"] = notes
+    if json_:
+        typer.echo(json.dumps(analysis.jsonable(out)))
+        return
+    typer.echo(th.describe(out))
+
+
+@app.command()
+def plot(
+    paths: List[Path] = typer.Argument(..., help="run folders, a sweep folder or a results folder", show_default=False),
+    kind: str = typer.Option("all", "--kind", "-k", help="profile | heatmap | time | training | summary | all"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="file (one kind; .png or .svg) or folder (all); "
+                                                               "default PATH/plots/"),
+    steps: Optional[str] = typer.Option(None, help="recorded steps to draw, e.g. 0,100,500 (default: a few)"),
+    x: Optional[str] = typer.Option(None, help="summary: config key on the x axis (e.g. model.depth)"),
+    y: str = typer.Option("decay_per_layer", help="summary: summary.csv column on the y axis"),
+    by: Optional[str] = typer.Option(None, help="summary: one line per value of this config key"),
+    fmt: str = typer.Option("png", "--format", help="png | svg (for kind all)"),
+):
+    """Draw gradient profiles, heatmaps, time profiles, training curves and sweep summaries."""
+    from vgp import plots
+
+    try:
+        chosen = [int(s) for s in steps.split(",")] if steps else None
+    except ValueError:
+        raise UserError(f"--steps: expected integers separated by commas, got {steps!r}") from None
+    if fmt not in ("png", "svg"):
+        raise UserError(f"--format: png or svg, got {fmt!r}")
+    for path in plots.plot(paths, kind, out, chosen, x, y, by, fmt):
+        typer.echo(str(path))
+
+
 def main() -> None:
     try:
         app(prog_name="vgp")
