@@ -41,3 +41,13 @@ def vgp_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
 @pytest.fixture
 def cli():
     return vgp_cli
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests need CUDA: skipped with a reason where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
