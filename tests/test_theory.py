@@ -1,0 +1,248 @@
+"""vgp.theory against published values, closed forms, independent numerics, and real wide nets.
+
+The independent references here use numpy/scipy with their own definitions of the activations
+(never vgp's phi/dphi): scipy.integrate.quad for Gaussian expectations, plain Monte Carlo for one
+case, and the fixed point found by scipy.optimize.brentq.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, optimize, special
+
+from conftest import tiny
+from vgp import config, theory
+from vgp.errors import UserError
+from vgp.train import run
+
+SQ2 = math.sqrt(2)
+NP = {  # phi, phi' written out independently of vgp.activations
+    "tanh": (np.tanh, lambda x: 1 - np.tanh(x) ** 2),
+    "sigmoid": (lambda x: special.expit(x), lambda x: special.expit(x) * (1 - special.expit(x))),
+    "gelu": (lambda x: x * 0.5 * (1 + special.erf(x / SQ2)),
+             lambda x: 0.5 * (1 + special.erf(x / SQ2)) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi)),
+    "silu": (lambda x: x * special.expit(x), lambda x: special.expit(x) * (1 + x * (1 - special.expit(x)))),
+    "softplus": (lambda x: np.logaddexp(0, x), special.expit),
+    "elu": (lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))), lambda x: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0)))),
+    "softsign": (lambda x: x / (1 + abs(x)), lambda x: 1 / (1 + abs(x)) ** 2),
+}
+
+
+def quad_expect(f, q):
+    """E[f(sqrt(q) Z)] by adaptive quadrature against the normal density."""
+    s = math.sqrt(q)
+    val, _ = integrate.quad(lambda z: f(s * z) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi), -np.inf, np.inf,
+                            epsabs=1e-13, epsrel=1e-12, limit=200)
+    return val
+
+
+def quad_q_star(name, sw2, sb2):
+    phi, _ = NP[name]
+    g = lambda q: sw2 * quad_expect(lambda x: phi(x) ** 2, q) + sb2 - q  # noqa: E731
+    return optimize.brentq(g, 1e-9, 1e4, xtol=1e-14)
+
+
+def quad_chi1(name, sw2, sb2):
+    _, dphi = NP[name]
+    return sw2 * quad_expect(lambda x: dphi(x) ** 2, quad_q_star(name, sw2, sb2))
+
+
+# -- published values and closed forms ------------------------------------------------------
+
+def test_critical_tanh_weight_variance_matches_schoenholz():
+    """Schoenholz et al. 2017 (fig. 1): tanh at sigma_b^2 = 0.05 is critical at sigma_w^2 ~ 1.76."""
+    sw2 = theory.critical_weight_var("tanh", 0.05)
+    assert sw2 == pytest.approx(1.76, abs=0.01)
+    assert quad_chi1("tanh", sw2, 0.05) == pytest.approx(1.0, abs=1e-6)  # independently critical
+    assert theory.phase(theory.chi1("tanh", sw2, 0.05)) == "critical"
+    assert theory.phase(theory.chi1("tanh", 1.5, 0.05)) == "ordered"
+    assert theory.phase(theory.chi1("tanh", 2.5, 0.05)) == "chaotic"
+
+
+def test_tanh_without_bias_is_critical_at_one():
+    # q* = 0 for sigma_w^2 <= 1, and tanh'(0) = 1: chi_1 = sigma_w^2 below 1, critical at 1
+    assert theory.critical_weight_var("tanh", 0.0) == pytest.approx(1.0, abs=2e-3)
+    assert theory.chi1("tanh", 0.7, 0.0) == pytest.approx(0.7, rel=1e-6)
+
+
+@pytest.mark.parametrize("sw2,sb2", [(1.0, 0.0), (2.0, 0.0), (3.0, 0.0), (1.5, 0.2)])
+def test_relu_closed_form(sw2, sb2):
+    assert theory.chi1("relu", sw2, sb2) == pytest.approx(sw2 / 2, rel=1e-12)
+    # the generic quadrature agrees with the closed form (split at the kink)
+    relu = torch.nn.functional.relu
+    assert theory.gauss(lambda x: (x > 0).double(), 1.7) == pytest.approx(0.5, rel=1e-12)
+    assert theory.gauss(lambda x: relu(x) ** 2, 1.7) == pytest.approx(1.7 / 2, rel=1e-12)
+    if sw2 < 2:  # q* = sigma_b^2 / (1 - sigma_w^2/2)
+        assert theory.q_star("relu", sw2, sb2) == pytest.approx(sb2 / (1 - sw2 / 2), abs=1e-10)
+    assert theory.critical_weight_var("relu", sb2) == pytest.approx(2.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("sw2", [0.5, 1.0, 1.7])
+def test_linear_closed_form(sw2):
+    assert theory.chi1("identity", sw2, 0.1) == pytest.approx(sw2, rel=1e-12)
+    assert theory.predict("identity", sw2, 0.1)["ratio_per_layer"] == pytest.approx(math.sqrt(sw2))
+
+
+def test_leaky_relu_closed_form_matches_quadrature():
+    a = 0.2
+    dphi = lambda x: np.where(x > 0, 1.0, a)  # noqa: E731
+    # the kink at 0 makes quad split the integral; E[phi'^2] = (1 + a^2)/2 for any q
+    want = 1.3 * (quad_expect(lambda x: dphi(x) ** 2 * (x > 0), 2.0) + quad_expect(lambda x: dphi(x) ** 2 * (x <= 0), 2.0))
+    assert theory.chi1({"name": "leaky_relu", "negative_slope": a}, 1.3, 0.0) == pytest.approx(want, rel=1e-9)
+
+
+# -- numerical expectations against independent numerics ---------------------------------------
+
+@pytest.mark.parametrize("name,sw2,sb2", [("tanh", 1.5, 0.05), ("tanh", 4.0, 0.0), ("tanh", 2.5, 0.3),
+                                          ("sigmoid", 1 / 3, 0.003), ("sigmoid", 16.0, 0.5), ("gelu", 1.5, 0.1),
+                                          ("silu", 1.8, 0.2), ("softplus", 1.0, 0.1), ("elu", 1.5, 0.05),
+                                          ("softsign", 2.0, 0.1)])
+def test_fixed_point_and_chi1_match_quadrature(name, sw2, sb2):
+    assert theory.q_star(name, sw2, sb2) == pytest.approx(quad_q_star(name, sw2, sb2), rel=1e-9)
+    assert theory.chi1(name, sw2, sb2) == pytest.approx(quad_chi1(name, sw2, sb2), rel=1e-9)
+
+
+def test_chi1_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal(2_000_000)
+    q = quad_q_star("tanh", 2.5, 0.1)
+    samples = 2.5 * (1 - np.tanh(math.sqrt(q) * z) ** 2) ** 2
+    stderr = samples.std() / math.sqrt(len(z))
+    assert abs(theory.chi1("tanh", 2.5, 0.1) - samples.mean()) < 4 * stderr
+
+
+def test_profile_reaches_the_asymptotic_ratio_once_the_variance_converged():
+    p = theory.profile("tanh", 1.5, 0.05, depth=60)
+    q_star, chi = theory.q_star("tanh", 1.5, 0.05), theory.chi1("tanh", 1.5, 0.05)
+    assert p.q[0] == pytest.approx(1.5 + 0.05)  # standardised input
+    assert p.q[-1] == pytest.approx(q_star, rel=1e-6)
+    assert p.ratio[-1] == pytest.approx(math.sqrt(chi), rel=1e-6)
+    assert abs(p.ratio[0] - math.sqrt(chi)) > 0.1  # far from it near the input
+    assert p.norm[-1] == 1.0
+    assert p.norm[0] == pytest.approx(np.prod(p.ratio), rel=1e-12)
+    # depth scale: the squared norm falls by e over 1/|ln chi_1| layers, asymptotically
+    assert theory.depth_scale(chi) == pytest.approx(-1 / math.log(chi))
+
+
+def test_unbounded_variance_is_reported_as_infinite():
+    assert theory.q_star("relu", 3.0, 0.0) == math.inf
+    assert theory.predict("relu", 3.0, 0.0)["phase"] == "chaotic"
+
+
+def test_every_registered_activation_is_covered():
+    from vgp.activations import ACTIVATIONS
+
+    for name in ACTIVATIONS.names():
+        out = theory.predict(name, 1.5, 0.05, depth=3)
+        assert math.isfinite(out["chi1"]) and out["chi1"] > 0, name
+        assert len(out["profile"]) == 4
+
+
+# -- variances from a config ------------------------------------------------------------------
+
+def _cfg(**over):
+    return config.to_dict(config.from_dict(tiny(**over)))
+
+
+@pytest.mark.parametrize("init,want", [
+    ("default", 1 / 3), ("kaiming_normal", 2.0), ("kaiming_uniform", 2.0), ("xavier_normal", 1.0),
+    ({"name": "orthogonal", "gain": 1.3}, 1.69), ({"name": "variance_scaling", "scale": 4.0}, 4.0),
+    ("lecun_normal", 1.0), ({"name": "normal", "std": 0.05}, 0.05 ** 2 * 256),
+])
+def test_weight_variance_from_config_matches_the_initialised_weights(init, want):
+    """sigma_w^2 = fan_in Var(W) of a hidden layer: as stated, and as the init really draws it."""
+    from vgp.activations import get
+    from vgp.inits import initialize
+
+    cfg = _cfg(model__init=init, model__activation="relu", model__width=256, model__bias_init="default")
+    s = theory.from_config(cfg)
+    assert s.hidden[0] == pytest.approx(want, rel=1e-9)
+    assert s.hidden[1] == pytest.approx(1 / (3 * 256))
+    layer = torch.nn.Linear(256, 256)
+    torch.manual_seed(0)
+    initialize(layer, get(cfg["model"]["activation"]), cfg["model"]["init"], cfg["model"]["bias_init"])
+    assert 256 * layer.weight.var().item() == pytest.approx(want, rel=0.02)
+    assert layer.bias.var().item() == pytest.approx(s.hidden[1], rel=0.2)
+    if isinstance(init, dict) and init["name"] == "normal":
+        assert any("width" in n for n in s.notes)
+
+
+@pytest.mark.parametrize("over,why", [
+    (dict(model__norm="batchnorm"), "normalisation"), (dict(model__skip=True), "residual"),
+    (dict(model__init="identity"), "not an i.i.d."), (dict(model__bias_init={"name": "constant", "value": 0.5}), "constant"),
+])
+def test_theory_says_when_it_does_not_apply(over, why):
+    with pytest.raises(theory.NotApplicable, match=why):
+        theory.from_config(_cfg(**over))
+
+
+def test_theory_does_not_apply_to_conv_and_recurrent_nets():
+    for arch in ("resnet", "rnn"):
+        cfg = {"model": {"arch": arch}}
+        with pytest.raises(theory.NotApplicable, match="recurrent" if arch == "rnn" else "convolutional"):
+            theory.from_config(cfg)
+
+
+# -- real wide networks at step 0 --------------------------------------------------------------
+
+WIDE = dict(train__steps=1, model__depth=15, model__width=512, data__dim=64, data__classes=10, data__n_train=256,
+            train__batch_size=256, log__kinds=["output_grad"])
+
+
+@pytest.mark.parametrize("act,init,bias", [
+    ("tanh", {"name": "variance_scaling", "scale": 1.5}, {"name": "normal", "std": math.sqrt(0.05)}),
+    ("tanh", {"name": "variance_scaling", "scale": 4.0}, "zeros"),
+    ("tanh", {"name": "orthogonal", "gain": 1.2}, "zeros"),
+    ("sigmoid", "default", "default"),
+    ("relu", "kaiming_normal", "zeros"),
+    ("selu", "lecun_normal", "zeros"),
+    ("elu", {"name": "variance_scaling", "scale": 1.5}, "zeros"),
+    ("silu", {"name": "variance_scaling", "scale": 3.0}, "zeros"),
+])
+def test_wide_net_decay_matches_theory(tmp_path, act, init, bias):
+    """Width 512, depth 15, step 0: the measured decay per layer (summary.csv) within 2% of the
+    prediction fitted the same way, and every layer's ratio within 10% of the finite-depth profile."""
+    import pandas as pd
+
+    cfg = config.from_dict(tiny(model__activation=act, model__init=init, model__bias_init=bias, **WIDE))
+    r = run(cfg, out=tmp_path, quiet=True)
+    s = r.summary
+    assert s["decay_per_layer"] == pytest.approx(s["predicted_decay_per_layer"], rel=0.02)
+    g = pd.read_csv(r.folder / "grad_norms.csv")
+    og = g[(g.step == 0) & (g.kind == "output_grad")].sort_values("layer").value.to_numpy()
+    st = theory.from_config(config.to_dict(cfg))
+    p = theory.profile(st.activation, st.weight_vars, st.bias_vars)
+    assert og[:-1] / og[1:] == pytest.approx(np.array(p.ratio), rel=0.10)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def test_cli_theory_json(cli):
+    r = cli("theory", "--activation", "tanh", "--weight-var", "1.5", "--bias-var", "0.05", "--depth", "30", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {"q_star", "chi1", "ratio_per_layer", "depth_scale", "phase", "profile"} <= set(out)
+    assert out["chi1"] == pytest.approx(quad_chi1("tanh", 1.5, 0.05), rel=1e-7)
+    assert out["phase"] == "ordered" and len(out["profile"]) == 31
+    r = cli("theory", "--activation", "tanh", "--bias-var", "0.05", "--critical", "--json")
+    assert json.loads(r.stdout)["weight_var"] == pytest.approx(1.76, abs=0.01)
+
+
+@pytest.mark.slow
+def test_cli_theory_from_config_and_errors(cli, tmp_path):
+    r = cli("theory", "configs/quickstart.yaml")
+    assert r.returncode == 0 and "sigmoid" in r.stdout and "0.3333" in r.stdout
+    r = cli("theory", "--activation", "tnah", "--weight-var", "1")
+    assert r.returncode == 2 and "did you mean 'tanh'" in r.stderr and "Traceback" not in r.stderr
+    r = cli("theory", "configs/resnet56_plain.yaml")
+    assert r.returncode == 2 and "does not apply" in r.stderr
+    r = cli("theory", "--activation", "tanh")
+    assert r.returncode == 2 and "--weight-var" in r.stderr
+
+
+def test_bad_activation_is_a_user_error():
+    with pytest.raises(UserError, match="did you mean 'relu'"):
+        theory.chi1("rleu", 2.0, 0.0)
