@@ -222,8 +222,8 @@ def theory_for(run: Run, fit: list[int]) -> dict:
         setting = theory.from_config(run.config)
     except theory.NotApplicable as e:
         return {"applies": False, "reason": str(e)}
-    if setting.depth < 1:
-        return {"applies": False, "reason": "no hidden layer"}
+    if setting.depth < 1 or len(fit) < 2:
+        return {"applies": False, "reason": "no hidden layer with output_grad recorded"}
     p = theory.profile(setting.activation, setting.weight_vars, setting.bias_vars)
     norm = np.array(p.norm)
     rate, _, _ = decay_rate(norm[[l - 1 for l in fit]])
@@ -294,7 +294,7 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
         evidence["diverged"] = True
     d0, dl = per_step["first"]["depth"] or {}, per_step["last"]["depth"] or {}
     layers = sorted(layer_norms(g, first).index) if has_og else []
-    theory = theory_for(run, fit_layers(layers)) if len(layers) >= 2 else {"applies": False, "reason": "fewer than two layers with output_grad"}
+    theory = theory_for(run, fit_layers(layers))
     times0 = per_step["first"]["time"] or []
     worst_time = max(times0, key=lambda t: abs(math.log(t["compounded"])) if t["compounded"] and
                      math.isfinite(t["compounded"]) and t["compounded"] > 0 else -1, default=None)
@@ -368,7 +368,7 @@ def report(d: dict) -> str:
             + (" [bold]stalled[/bold]" if ev["stalled"] else "") + (" [bold red]diverged[/]" if ev["diverged"] else ""))
     sat = (f"; saturated units {_fmt(ev['saturation_first'], '.0%')} -> {_fmt(ev['saturation_last'], '.0%')}, "
            f"dead units {_fmt(ev['dead_first'], '.0%')} -> {_fmt(ev['dead_last'], '.0%')} (mean over hidden layers)")
-    lines.append(loss + sat)
+    lines.append(loss + (sat if not math.isnan(ev["saturation_first"]) else ""))
     lines.append(f"[bold]advice:[/bold] {d['advice']}")
     return "\n".join(lines)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: smaller, searchable
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
@@ -58,6 +59,18 @@ def find_runs(paths) -> list[analysis.Run]:
     return runs
 
 
+def _ordered(runs) -> list:
+    """Runs sorted by the config values that tell them apart (numbers as numbers: depth 5 before 10)."""
+    keys = differing(runs)
+    flats = [_flat(r) for r in runs]
+
+    def key(i):
+        return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in
+                     (flats[i].get(k) for k in reversed(keys)))
+
+    return [runs[i] for i in sorted(range(len(runs)), key=key)]
+
+
 def _flat(run: analysis.Run) -> dict:
     from vgp.config import flatten
 
@@ -68,7 +81,18 @@ def differing(runs) -> list[str]:
     """Config keys (flattened) whose values differ between the runs, in config order."""
     flats = [_flat(r) for r in runs]
     keys = list(dict.fromkeys(k for f in flats for k in f))
-    return [k for k in keys if k not in IGNORED_KEYS and len({repr(f.get(k)) for f in flats}) > 1]
+    varied = [k for k in keys if k not in IGNORED_KEYS and len({repr(f.get(k)) for f in flats}) > 1]
+
+    def explained(k: str) -> bool:  # init.mode differs only because init.name does (kaiming vs xavier)
+        parent = k.rsplit(".", 1)[0] + ".name"
+        if k.endswith(".name") or parent not in varied:
+            return False
+        per_name = {}
+        for f in flats:
+            per_name.setdefault(repr(f.get(parent)), set()).add(repr(f.get(k)))
+        return all(len(v) == 1 for v in per_name.values())
+
+    return [k for k in varied if not explained(k)]
 
 
 def short(key: str) -> str:
@@ -78,8 +102,9 @@ def short(key: str) -> str:
     return key.removesuffix(".name")
 
 
-def labels(runs) -> list[str]:
-    keys = differing(runs)
+def labels(runs, seeds: bool = True) -> list[str]:
+    """What tells the runs apart, e.g. 'depth=20, activation=tanh' (without the seed if not ``seeds``)."""
+    keys = [k for k in differing(runs) if seeds or k != "seed"]
     if not keys:
         return [r.name for r in runs]
     return [", ".join(f"{short(k)}={_flat(r).get(k)}" for k in keys) for r in runs]
@@ -108,6 +133,8 @@ def _pick_steps(steps, chosen=None, n: int = 5) -> list[int]:
         return list(chosen)
     if len(steps) <= n:
         return steps
+    if n == 1:
+        return steps[:1]
     return sorted({steps[round(i * (len(steps) - 1) / (n - 1))] for i in range(n)})
 
 
@@ -135,29 +162,33 @@ def profile(runs, out, steps=None) -> Path:
     """output_grad (left) and weight_grad (right) against layer; theory dashed."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     group = len(runs) > 1
-    names = labels(runs)
+    names = labels(runs, seeds=False)  # runs that differ only by seed share a colour and a label
+    index = {n: i for i, n in enumerate(dict.fromkeys(names))}
+    colours = plt.cm.tab10.colors if len(index) <= 10 else plt.cm.turbo(np.linspace(0, 1, len(index)))
     zeros = bad = 0
     theory_drawn = False
-    colours = plt.cm.tab10.colors
-    for i, run in enumerate(runs):
+    seen = set()
+    for r, run in enumerate(runs):
+        i = index[names[r]]
         g = run.grads
         recorded = sorted(g.step.unique())
         chosen = _pick_steps(recorded, steps, n=1 if group else 5)
         cmap = plt.cm.viridis(np.linspace(0, 0.9, len(chosen)))
         for j, step in enumerate(chosen):
-            colour = colours[i % 10] if group else cmap[j]
-            label = names[i] if group else f"step {step}"
+            colour = colours[i] if group else cmap[j]
+            label = (names[r] if names[r] not in seen else None) if group else f"step {step}"
             for ax, kind in zip(axes, ("output_grad", "weight_grad")):
                 s = analysis.layer_norms(g, step, kind)
                 x, y, z, b = _positive(s.index, s.to_numpy())
                 zeros, bad = zeros + z, bad + b
                 ax.plot(x, y, "o-", ms=3, color=colour, label=label)
+        seen.add(names[r])
         og = analysis.layer_norms(g, recorded[0])
         if len(og) >= 2 and og.iloc[-1] > 0 and math.isfinite(og.iloc[-1]):
             t = analysis.theory_for(run, analysis.fit_layers(list(og.index)))
             if t.get("applies"):  # anchored at the measured output layer, step 0
                 pred = np.array(t["predicted_norms"]) * og.iloc[-1]
-                axes[0].plot(og.index, pred, "--", color=colours[i % 10] if group else "k", lw=1.2,
+                axes[0].plot(og.index, pred, "--", color=colours[i] if group else "k", lw=1.2,
                              label=None if theory_drawn and not group else
                              ("mean-field theory (step 0)" if not group else None))
                 theory_drawn = True
@@ -166,8 +197,12 @@ def profile(runs, out, steps=None) -> Path:
         ax.set_xlabel("layer (1 = input side, last = output layer)")
         ax.set_ylabel(what)
         ax.grid(True, which="major", alpha=0.3)
-    axes[0].legend(fontsize=8, title="dashed: mean-field theory" if theory_drawn and group else None,
-                   title_fontsize=8)
+    title = "dashed: mean-field theory" if theory_drawn and group else None
+    if group and len(index) > 4:  # beside the plots, not over the lines
+        axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=7, title=title, title_fontsize=7,
+                       loc="upper left", bbox_to_anchor=(1.02, 1))
+    else:
+        axes[0].legend(fontsize=8, title=title, title_fontsize=8)
     title = ("gradient norm by layer" + (f", step {chosen[0]}" if group else "") +
              (f" - {runs[0].name}" if not group else "") + _masked_note(zeros, bad))
     fig.suptitle(title)
@@ -194,8 +229,7 @@ def heatmap(runs, out) -> Path:
         ok = np.isfinite(v) & (v > 0)
         logv = np.ma.masked_array(np.log10(np.where(ok, v, 1.0)), ~ok)
         steps, layers = table.columns.to_numpy(), table.index.to_numpy()
-        cmap = plt.cm.viridis.copy()
-        cmap.set_bad("lightgrey")
+        cmap = plt.cm.viridis.with_extremes(bad="lightgrey")
         mesh = ax.pcolormesh(np.arange(len(steps) + 1) - 0.5, np.arange(len(layers) + 1) + 0.5, logv,
                              cmap=cmap, shading="flat")
         ticks = _pick_steps(range(len(steps)), n=6)
@@ -349,7 +383,7 @@ def plot(paths, kind: str = "all", out: str | Path | None = None, steps=None, x=
     if kind not in KINDS + ("all",):
         raise UserError(f"unknown plot kind '{kind}'{did_you_mean(kind, KINDS + ('all',))} "
                         f"(valid: {', '.join(KINDS)}, all)")
-    runs = find_runs(paths)
+    runs = _ordered(find_runs(paths))
     group = len(runs) > 1
     first = Path(paths[0])
     base = Path(out) if out is not None else first / "plots"
