@@ -52,9 +52,15 @@ def validate(configs: List[Path] = typer.Argument(..., help="config files", show
     """Check config files (keys, types, names) without training."""
     from vgp import config as cfgmod
 
+    from vgp import sweep as sweepmod
+
     failed = 0
     for path in configs:
         try:
+            if sweepmod.is_sweep_file(cfgmod.read_yaml(path)):  # a sweep: every cell is validated
+                n = len(sweepmod.load(path).cells)
+                typer.echo(f"ok: {path} (sweep of {n} runs)")
+                continue
             cfgmod.load(path)
             typer.echo(f"ok: {path}")
         except UserError as e:
@@ -204,6 +210,62 @@ def plot(
         raise UserError(f"--format: png or svg, got {fmt!r}")
     for path in plots.plot(paths, kind, out, chosen, x, y, by, fmt):
         typer.echo(str(path))
+
+
+@app.command()
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="sweep YAML file (configs/sweeps/)", show_default=False),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value for every run; key=a,b,c adds a grid axis",
+                                                    show_default=False),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="local: worker processes (default: one per core, "
+                                                                   "or per GPU)"),
+    launcher: Optional[str] = typer.Option(None, "--launcher", help="local | slurm (default: the file's launcher.name, "
+                                                                    "else local)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="results folder (default: the base config's 'out')"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and what each varies; run nothing"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="run failed runs again"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the jobs, showing progress"),
+    partition: Optional[str] = typer.Option(None, "--partition", help="slurm: partition"),
+    time_min: Optional[int] = typer.Option(None, "--time", help="slurm: time limit per array task, minutes"),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", help="slurm: CPUs per array task"),
+    gpus_per_task: Optional[int] = typer.Option(None, "--gpus-per-task", help="slurm: GPUs per array task"),
+    runs_per_task: Optional[int] = typer.Option(None, "--runs-per-task", help="slurm: runs packed into one array task"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
+):
+    """Run a sweep: every cell of a grid of configs, skipping finished runs; prints the sweep folder last."""
+    from vgp import launch, sweep as sweepmod
+
+    sw = sweepmod.load(sweep_file, overrides or [])
+    settings = launch.launcher_settings(sw, {"name": launcher, "jobs": jobs, "partition": partition,
+                                             "time_min": time_min, "cpus_per_task": cpus_per_task,
+                                             "gpus_per_task": gpus_per_task, "runs_per_task": runs_per_task})
+    folder = Path(out if out is not None else sw.base.get("out", "results"))
+    if dry_run:
+        launch.print_plan(sw, folder / sw.name)
+        return
+    report = launch.launch(sw, folder, settings, retry_failed=retry_failed, wait=wait, quiet=quiet)
+    typer.echo(report.text(), err=True)
+    typer.echo(str(report.folder))
+    if report.failed or (report.missing and wait):
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    paths: List[Path] = typer.Argument(..., help="sweep folders, run folders or summary CSVs", show_default=False),
+    by: Optional[str] = typer.Option(None, "--by", help="config keys to group by, comma-separated (default: the keys "
+                                                        "that differ between runs, seed excluded)"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="summary columns, comma-separated"),
+    where: Optional[List[str]] = typer.Option(None, "--where", help="KEY=VALUE: keep only these runs (repeatable)"),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="also write the table as CSV"),
+):
+    """Compare runs: each metric as mean ± std over seeds, grouped by config keys."""
+    from vgp import compare as comparemod
+
+    table = comparemod.compare(paths, by=comparemod.split(by), metrics=comparemod.split(metrics), where=where or [])
+    comparemod.show(table)
+    if csv is not None:
+        comparemod.write_csv(table, csv)
 
 
 def main() -> None:

@@ -1,0 +1,183 @@
+"""Launchers: where the runs of a sweep execute. A launcher only decides *where* ``vgp.train.run`` runs.
+
+Whether a run is done is decided from its folder alone (``vgp.results.read_status``), never from a
+launcher's memory, so a sweep can be killed, resumed, grown, run from two shells at once or collected
+by another process: :func:`run_cell` takes a lock per run, looks at the folder, and trains only when
+the folder holds no finished run.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from vgp import results, sweep as sweepmod
+from vgp.errors import UserError
+from vgp.registry import did_you_mean
+
+LAUNCHERS = ("local", "slurm")
+
+
+@dataclass
+class Outcome:
+    """How one cell went: completed | diverged (a result), failed, interrupted, or skipped because it
+    was finished already (``done``), failed before (``failed-before``) or ``busy`` in another process."""
+    id: str
+    status: str
+    error: str | None = None
+    wall_s: float = 0.0
+
+
+def run_cell(cfg, runs: Path, retry_failed: bool = False) -> Outcome:
+    """Run one cell into ``runs/<cfg.name>/`` unless its folder says it is finished (or failed, without
+    ``retry_failed``) or another process holds its lock. Exceptions become a ``failed`` outcome (and
+    ``error.txt`` in the folder); KeyboardInterrupt and SystemExit (submitit's requeue) propagate, with
+    the folder marked ``interrupted``."""
+    from vgp import train  # the heavy import, only where runs execute
+
+    runs = Path(runs)
+    folder = runs / cfg.name
+    t0 = time.perf_counter()
+    with sweepmod.locked(sweepmod.lock_path(runs.parent, cfg.name), wait=False) as got:
+        if not got:
+            return Outcome(cfg.name, "busy")
+        status = results.read_status(folder)
+        if status in results.FINISHED:
+            return Outcome(cfg.name, "done")
+        if status == "failed" and not retry_failed:
+            return Outcome(cfg.name, "failed-before")
+        try:
+            result = train.run(cfg, out=runs, force=False, quiet=True)
+            return Outcome(cfg.name, result.status, None, time.perf_counter() - t0)
+        except Exception as e:
+            if results.read_status(folder) != "failed":  # it failed before train.run made the folder
+                folder.mkdir(parents=True, exist_ok=True)
+                results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
+                results.write_json(folder / "meta.json", {"status": "failed", "error": repr(e)})
+            return Outcome(cfg.name, "failed", f"{type(e).__name__}: {e}", time.perf_counter() - t0)
+        except BaseException as e:
+            _mark_interrupted(folder, e)
+            raise
+
+
+def _mark_interrupted(folder: Path, e: BaseException) -> None:
+    """train.run marks a SystemExit 'failed'; for a sweep it is an interruption to run again."""
+    import json
+
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return
+    if meta.get("status") in ("failed", "running"):
+        meta.update(status="interrupted", error=repr(e))
+        results.write_json(folder / "meta.json", meta)
+        (folder / "error.txt").unlink(missing_ok=True)
+
+
+# -- progress ------------------------------------------------------------------------------------
+
+class SweepProgress:
+    """A rich progress display on stderr: runs done, running, failed, and the estimated time left."""
+
+    def __init__(self, name: str, total: int, done: int, failed: int, quiet: bool = False):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(),
+            TextColumn("{task.completed}/{task.total} done, {task.fields[running]} running, "
+                       "[red]{task.fields[failed]} failed"),
+            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+            console=Console(stderr=True), disable=quiet, speed_estimate_period=3600)
+        self.task = self.progress.add_task(name, total=total, completed=done, running=0, failed=failed)
+
+    def update(self, done: int, running: int, failed: int) -> None:
+        self.progress.update(self.task, completed=done, running=running, failed=failed)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+
+# -- the sweep command ---------------------------------------------------------------------------
+
+@dataclass
+class Report:
+    folder: Path
+    total: int
+    finished: int
+    failed: list
+    missing: list
+
+    def text(self) -> str:
+        lines = [f"{self.finished}/{self.total} runs finished, {len(self.failed)} failed, {len(self.missing)} missing"]
+        lines += [f"  failed: {i} (see {self.folder / 'runs' / i / 'error.txt'})" for i in self.failed[:10]]
+        if len(self.failed) > 10:
+            lines.append(f"  ... and {len(self.failed) - 10} more; run again with --retry-failed to retry them")
+        return "\n".join(lines)
+
+
+def print_plan(sweep: sweepmod.Sweep, sweep_dir: Path) -> None:
+    """``--dry-run``: how many runs, and each run's id, status and the values it varies."""
+    from rich.console import Console
+    from rich.table import Table
+
+    status = status_of(sweep_dir, sweep.cells)
+    keys = list(dict.fromkeys(k for c in sweep.cells for k in c.values))
+    todo = sum(s not in results.FINISHED for s in status.values())
+    table = Table(title=f"sweep {sweep.name}: {len(sweep.cells)} runs, {todo} to run, into {sweep_dir}",
+                  title_justify="left")
+    table.add_column("run id", overflow="fold")
+    for col in ["status", *keys]:
+        table.add_column(col)
+    for c in sweep.cells:
+        table.add_row(c.id, status[c.id] or "-", *(str(c.values.get(k, "")) for k in keys))
+    Console(width=max(120, Console().width)).print(table)
+
+
+def launcher_settings(sweep: sweepmod.Sweep, overrides: dict) -> dict:
+    """The sweep file's ``launcher:`` section with command-line settings on top; ``name`` checked."""
+    settings = {**sweep.launcher, **{k: v for k, v in overrides.items() if v is not None}}
+    name = settings.setdefault("name", "local")
+    if name not in LAUNCHERS:
+        raise UserError(f"launcher: unknown launcher '{name}'{did_you_mean(str(name), LAUNCHERS)} "
+                        f"(valid: {', '.join(LAUNCHERS)})")
+    return settings
+
+
+def status_of(sweep_dir: Path, cells) -> dict[str, str | None]:
+    return {c.id: results.read_status(Path(sweep_dir) / "runs" / c.id) for c in cells}
+
+
+def launch(sweep: sweepmod.Sweep, out: Path, settings: dict, retry_failed: bool = False, wait: bool = True,
+           quiet: bool = False) -> Report:
+    """Run every cell of ``sweep`` that is not finished into ``<out>/<sweep.name>/`` and rewrite the
+    sweep's summary.csv; returns what is finished, failed and missing afterwards."""
+    sweep_dir = Path(out) / sweep.name
+    sweepmod.write_spec(sweep, sweep_dir)
+    before = status_of(sweep_dir, sweep.cells)
+    todo = [c for c in sweep.cells if before[c.id] not in results.FINISHED
+            and (retry_failed or before[c.id] != "failed")]
+    order = [c.id for c in sweep.cells]
+    try:
+        if todo:
+            if settings["name"] == "local":
+                from vgp.launch import local
+
+                local.launch(sweep, todo, sweep_dir, settings, retry_failed, before, quiet)
+            else:
+                from vgp.launch import slurm
+
+                slurm.launch(sweep, todo, sweep_dir, settings, retry_failed, before, wait, quiet)
+    finally:
+        sweepmod.write_summary(sweep_dir, order)
+    after = status_of(sweep_dir, sweep.cells)
+    return Report(sweep_dir, len(sweep.cells), sum(s in results.FINISHED for s in after.values()),
+                  [i for i, s in after.items() if s == "failed"],
+                  [i for i, s in after.items() if s not in results.FINISHED and s != "failed"])
+

@@ -1,0 +1,201 @@
+"""The local launcher: a pool of warm worker processes on this machine.
+
+Each worker imports torch once and then runs many cells (starting Python and importing torch costs
+over a second, more than a tiny run). Workers split the cores (``torch.set_num_threads``) so that
+they do not oversubscribe the CPU, and on a CUDA machine each gets one GPU (``CUDA_VISIBLE_DEVICES``).
+
+Ctrl-C (or SIGTERM) stops the sweep: every worker's current run is interrupted and marked so in its
+folder, runs not started stay unstarted, and what finished is kept. A worker that dies (killed, out of
+memory) fails only the run it was running; the others go on in a fresh pool.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from vgp import results, sweep as sweepmod
+from vgp.errors import UserError
+from vgp.launch import Outcome, SweepProgress, run_cell
+
+SETTINGS = ("name", "jobs")
+
+# -- in the worker processes ---------------------------------------------------------------------
+_in_run = False  # a run is executing: a signal interrupts it
+_stopping = False  # a signal came: start no more runs
+
+
+def _on_signal(signum, frame):
+    global _stopping
+    first = not _stopping
+    _stopping = True
+    if _in_run and first:
+        raise KeyboardInterrupt
+
+
+def _watch_parent(parent: int) -> None:
+    """Interrupt this worker when the sweep process is gone (killed hard), instead of running on."""
+    import _thread
+
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    _thread.interrupt_main(signal.SIGINT)
+
+
+def _init_worker(threads: int, gpus, parent: int) -> None:
+    gpu = gpus.get()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _work(cfg, runs: Path, retry_failed: bool) -> Outcome:
+    global _in_run
+    try:
+        _in_run = True
+        if _stopping:
+            return Outcome(cfg.name, "not-started")
+        return run_cell(cfg, runs, retry_failed)
+    except KeyboardInterrupt:
+        return Outcome(cfg.name, "interrupted")
+    finally:
+        _in_run = False
+
+
+# -- in the sweep process ------------------------------------------------------------------------
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def visible_gpus(cells) -> list[str]:
+    """The GPUs the workers share out, or none when every run is on the CPU."""
+    if all(c.cfg.device == "cpu" for c in cells):
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [g.strip() for g in listed.split(",") if g.strip()] if listed else []
+    return ids or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def plan(cells, jobs: int | None) -> tuple[int, int, list[str]]:
+    """(workers, torch threads per worker, GPUs): by default one worker per GPU, else per core."""
+    gpus = visible_gpus(cells)
+    if jobs is None:
+        jobs = len(gpus) or cores()
+    if not isinstance(jobs, int) or jobs < 1:
+        raise UserError(f"--jobs: expected a positive number, got {jobs!r}")
+    jobs = min(jobs, len(cells))
+    return jobs, max(1, cores() // jobs), gpus
+
+
+def launch(sweep, todo, sweep_dir: Path, settings: dict, retry_failed: bool, before: dict, quiet: bool) -> None:
+    unknown = set(settings) - set(SETTINGS)
+    if unknown:
+        raise UserError(f"launcher: the local launcher takes only {', '.join(SETTINGS)}; "
+                        f"got {', '.join(sorted(unknown))}")
+    jobs, threads, gpus = plan(todo, settings.get("jobs"))
+    runs = Path(sweep_dir) / "runs"
+    order = [c.id for c in sweep.cells]
+    done = sum(s in results.FINISHED for s in before.values())
+    failed = sum(s == "failed" for s in before.values()) if not retry_failed else 0
+    pending = list(todo)
+    old = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    with SweepProgress(sweep.name, len(sweep.cells), done, failed, quiet) as progress:
+        try:
+            while pending:  # one pass per pool; a new pool only after a worker died
+                pending, d, f = _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, order,
+                                           lambda d, r, f: progress.update(done + d, r, failed + f))
+                done, failed = done + d, failed + f
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, order, show):
+    """Run ``pending`` in one pool. Returns the cells to run again (after a worker died), and the
+    numbers finished and failed."""
+    ctx = mp.get_context("spawn")  # not fork: CUDA and OpenMP do not survive a fork
+    queue = ctx.Queue()
+    for i in range(jobs):
+        queue.put(gpus[i % len(gpus)] if gpus else None)
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                               initargs=(threads, queue, os.getpid()))
+    futures = {pool.submit(_work, c.cfg, runs, retry_failed): c for c in pending}
+    left, done, failed, again, last_write = set(futures), 0, 0, [], 0.0
+    try:
+        while left:
+            finished, left = wait(left, timeout=1.0, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                cell = futures[fut]
+                try:
+                    outcome = fut.result()
+                except BrokenProcessPool:  # a worker died: decide this cell from its folder
+                    outcome = _after_crash(cell, runs)
+                if outcome.status in results.FINISHED or outcome.status == "done":
+                    done += 1
+                elif outcome.status in ("failed", "failed-before"):
+                    failed += 1
+                elif outcome.status in ("again",):
+                    again.append(cell)
+            show(done, min(jobs, len(left)), failed)
+            if finished and time.monotonic() - last_write > 1.0:  # watchable during a long sweep
+                sweepmod.write_summary(sweep_dir, order)
+                last_write = time.monotonic()
+    except KeyboardInterrupt:
+        _interrupt(pool, left)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if again and len(again) == len(pending):
+        raise UserError("the sweep's worker processes died before finishing any run; try one with vgp run")
+    return again, done, failed
+
+
+def _after_crash(cell, runs: Path) -> Outcome:
+    """A cell whose worker pool broke: a run its dead worker left 'running' (and unlocked) failed with
+    the worker; interrupted or unstarted ones go again."""
+    folder = runs / cell.id
+    status = results.read_status(folder)
+    if status in results.FINISHED:
+        return Outcome(cell.id, "done")
+    if status == "running":
+        with sweepmod.locked(sweepmod.lock_path(runs.parent, cell.id), wait=False) as got:
+            if got:
+                msg = "the worker process running it died (killed, or out of memory)"
+                results.atomic_write(folder / "error.txt", msg + "\n")
+                results.write_json(folder / "meta.json", {"status": "failed", "error": msg})
+                return Outcome(cell.id, "failed", msg)
+    if status == "failed":
+        return Outcome(cell.id, "failed")
+    return Outcome(cell.id, "again")
+
+
+def _interrupt(pool: ProcessPoolExecutor, left) -> None:
+    """Interrupt every worker's current run (they mark it) and wait for them to report back."""
+    for fut in left:
+        fut.cancel()
+    for proc in list((pool._processes or {}).values()):
+        try:
+            os.kill(proc.pid, signal.SIGINT)
+        except (ProcessLookupError, OSError):
+            pass
+    wait([f for f in left if not f.cancelled()], timeout=60)
