@@ -354,6 +354,7 @@ def summary(runs, out, x: str | None = None, y: str = "decay_per_layer", by: str
     table[y] = pd.to_numeric(table[y], errors="coerce")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     groups = table.groupby(by, dropna=False) if by else [(None, table)]
+    theory_drawn = False
     for i, (value, t) in enumerate(groups):
         stats = t.groupby(x)[y].agg(["mean", "min", "max", "count"]).sort_index()
         xs = stats.index if pd.api.types.is_numeric_dtype(stats.index) else [str(v) for v in stats.index]
@@ -361,6 +362,11 @@ def summary(runs, out, x: str | None = None, y: str = "decay_per_layer", by: str
         ax.plot(xs, stats["mean"], "o-", color=c, label=f"{short(by)}={value}" if by else None)
         if (stats["count"] > 1).any():
             ax.fill_between(xs, stats["min"], stats["max"], color=c, alpha=0.2)
+        pred = f"predicted_{y}"
+        if pred in t and pd.to_numeric(t[pred], errors="coerce").notna().any():
+            p = pd.to_numeric(t[pred], errors="coerce").groupby(t[x]).mean().sort_index()
+            ax.plot(xs, p.to_numpy(), "--", color=c, lw=1.2)
+            theory_drawn = True
     v = table[y].to_numpy(dtype=float)
     v = v[np.isfinite(v)]
     if len(v) and (v > 0).all() and v.max() / v.min() > 30:
@@ -371,7 +377,7 @@ def summary(runs, out, x: str | None = None, y: str = "decay_per_layer", by: str
     ax.set_ylabel(y)
     ax.grid(True, alpha=0.3)
     if by:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title="dashed: mean-field theory" if theory_drawn else None, title_fontsize=8)
     n = table.groupby([x] + ([by] if by else [])).size().max()
     ax.set_title(f"{y} against {short(x)}" + (f": mean and min-max over {n} runs each" if n > 1 else ""))
     return _save(fig, out)
