@@ -8,6 +8,7 @@ the folder holds no finished run.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ LAUNCHERS = ("local", "slurm")
 @dataclass
 class Outcome:
     """How one cell went: completed | diverged (a result), failed, interrupted, or skipped because it
-    was finished already (``done``), failed before (``failed-before``) or ``busy`` in another process."""
+    was finished already (``done``, perhaps by another process just now) or failed before
+    (``failed-before``)."""
     id: str
     status: str
     error: str | None = None
@@ -32,7 +34,7 @@ class Outcome:
 
 def run_cell(cfg, runs: Path, retry_failed: bool = False) -> Outcome:
     """Run one cell into ``runs/<cfg.name>/`` unless its folder says it is finished (or failed, without
-    ``retry_failed``) or another process holds its lock. Exceptions become a ``failed`` outcome (and
+    ``retry_failed``). When another process holds the cell's lock, this waits for it and then decides. Exceptions become a ``failed`` outcome (and
     ``error.txt`` in the folder); KeyboardInterrupt and SystemExit (submitit's requeue) propagate, with
     the folder marked ``interrupted``."""
     from vgp import train  # the heavy import, only where runs execute
@@ -40,9 +42,11 @@ def run_cell(cfg, runs: Path, retry_failed: bool = False) -> Outcome:
     runs = Path(runs)
     folder = runs / cfg.name
     t0 = time.perf_counter()
-    with sweepmod.locked(sweepmod.lock_path(runs.parent, cfg.name), wait=False) as got:
-        if not got:
-            return Outcome(cfg.name, "busy")
+    lock = sweepmod.lock_path(runs.parent, cfg.name)
+    with contextlib.ExitStack() as stack:
+        if not stack.enter_context(sweepmod.locked(lock, wait=False)):
+            # another sweep process runs this cell: wait for it, then see how it ended
+            stack.enter_context(sweepmod.locked(lock, wait=True))
         status = results.read_status(folder)
         if status in results.FINISHED:
             return Outcome(cfg.name, "done")
@@ -113,9 +117,11 @@ class Report:
     finished: int
     failed: list
     missing: list
+    ran: int | None = None  # runs started by this process, finished or failed (None: by SLURM jobs)
 
     def text(self) -> str:
-        lines = [f"{self.finished}/{self.total} runs finished, {len(self.failed)} failed, {len(self.missing)} missing"]
+        lines = [f"{self.finished}/{self.total} runs finished, {len(self.failed)} failed, {len(self.missing)} missing"
+                 + (f" ({self.ran} run now)" if self.ran is not None else "")]
         lines += [f"  failed: {i} (see {self.folder / 'runs' / i / 'error.txt'})" for i in self.failed[:10]]
         if len(self.failed) > 10:
             lines.append(f"  ... and {len(self.failed) - 10} more; run again with --retry-failed to retry them")
@@ -164,12 +170,13 @@ def launch(sweep: sweepmod.Sweep, out: Path, settings: dict, retry_failed: bool 
     todo = [c for c in sweep.cells if before[c.id] not in results.FINISHED
             and (retry_failed or before[c.id] != "failed")]
     order = [c.id for c in sweep.cells]
+    ran = 0 if settings["name"] == "local" else None
     try:
         if todo:
             if settings["name"] == "local":
                 from vgp.launch import local
 
-                local.launch(sweep, todo, sweep_dir, settings, retry_failed, before, quiet)
+                ran = local.launch(sweep, todo, sweep_dir, settings, retry_failed, before, quiet)
             else:
                 from vgp.launch import slurm
 
@@ -179,5 +186,5 @@ def launch(sweep: sweepmod.Sweep, out: Path, settings: dict, retry_failed: bool 
     after = status_of(sweep_dir, sweep.cells)
     return Report(sweep_dir, len(sweep.cells), sum(s in results.FINISHED for s in after.values()),
                   [i for i, s in after.items() if s == "failed"],
-                  [i for i, s in after.items() if s not in results.FINISHED and s != "failed"])
+                  [i for i, s in after.items() if s not in results.FINISHED and s != "failed"], ran)
 

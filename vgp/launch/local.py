@@ -107,7 +107,8 @@ def plan(cells, jobs: int | None) -> tuple[int, int, list[str]]:
     return jobs, max(1, cores() // jobs), gpus
 
 
-def launch(sweep, todo, sweep_dir: Path, settings: dict, retry_failed: bool, before: dict, quiet: bool) -> None:
+def launch(sweep, todo, sweep_dir: Path, settings: dict, retry_failed: bool, before: dict, quiet: bool) -> int:
+    """Run ``todo`` in a pool of ``settings['jobs']`` workers; returns how many runs were trained here."""
     unknown = set(settings) - set(SETTINGS)
     if unknown:
         raise UserError(f"launcher: the local launcher takes only {', '.join(SETTINGS)}; "
@@ -117,17 +118,18 @@ def launch(sweep, todo, sweep_dir: Path, settings: dict, retry_failed: bool, bef
     order = [c.id for c in sweep.cells]
     done = sum(s in results.FINISHED for s in before.values())
     failed = sum(s == "failed" for s in before.values()) if not retry_failed else 0
-    pending = list(todo)
+    pending, ran = list(todo), 0
     old = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
     with SweepProgress(sweep.name, len(sweep.cells), done, failed, quiet) as progress:
         try:
             while pending:  # one pass per pool; a new pool only after a worker died
-                pending, d, f = _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, order,
+                pending, d, f, r = _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, order,
                                            lambda d, r, f: progress.update(done + d, r, failed + f))
-                done, failed = done + d, failed + f
+                done, failed, ran = done + d, failed + f, ran + r
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+    return ran
 
 
 def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, order, show):
@@ -140,7 +142,7 @@ def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, orde
     pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
                                initargs=(threads, queue, os.getpid()))
     futures = {pool.submit(_work, c.cfg, runs, retry_failed): c for c in pending}
-    left, done, failed, again, last_write = set(futures), 0, 0, [], 0.0
+    left, done, failed, ran, again, last_write = set(futures), 0, 0, 0, [], 0.0
     try:
         while left:
             finished, left = wait(left, timeout=1.0, return_when=FIRST_COMPLETED)
@@ -150,9 +152,13 @@ def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, orde
                     outcome = fut.result()
                 except BrokenProcessPool:  # a worker died: decide this cell from its folder
                     outcome = _after_crash(cell, runs)
-                if outcome.status in results.FINISHED or outcome.status == "done":
+                if outcome.status in results.FINISHED:
+                    done, ran = done + 1, ran + 1
+                elif outcome.status == "done":
                     done += 1
-                elif outcome.status in ("failed", "failed-before"):
+                elif outcome.status == "failed":
+                    failed, ran = failed + 1, ran + 1
+                elif outcome.status == "failed-before":
                     failed += 1
                 elif outcome.status in ("again",):
                     again.append(cell)
@@ -167,7 +173,7 @@ def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, orde
         pool.shutdown(wait=True, cancel_futures=True)
     if again and len(again) == len(pending):
         raise UserError("the sweep's worker processes died before finishing any run; try one with vgp run")
-    return again, done, failed
+    return again, done, failed, ran
 
 
 def _after_crash(cell, runs: Path) -> Outcome:

@@ -1,0 +1,270 @@
+"""Sweeps: expansion, validation up front, resuming from run folders, kills, Ctrl-C, failures, two at once."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, tiny
+from vgp import sweep as sweepmod
+from vgp.errors import ConfigError
+
+EXAMPLE = ROOT / "configs" / "sweeps" / "activation_init_depth.yaml"
+# the example sweep made tiny: 2 activations x 2 inits x 2 optimizers (zip) x 2 seeds = 16 runs
+EXAMPLE_TINY = ["model.activation=sigmoid,relu", "model.init=default,kaiming_normal", "model.depth=2",
+                "model.width=16", "data.dim=8", "data.n_train=64", "data.n_test=32", "train.batch_size=32",
+                "log.every=10", "train.eval_every=50", "device=cpu", "seed=0,1"]
+
+
+def write_sweep(tmp_path, **spec) -> Path:
+    spec.setdefault("name", "s")
+    spec.setdefault("base", tiny(train__steps=10))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def metas(sweep_dir: Path) -> dict:
+    return {p.parent.name: json.loads(p.read_text()) for p in (sweep_dir / "runs").glob("*/meta.json")}
+
+
+def sweep_cmd(*args):
+    return [sys.executable, "-m", "vgp", "sweep", *map(str, args)]
+
+
+def env():
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+# -- expansion -----------------------------------------------------------------------------------
+
+def test_expansion_grid_zip_seeds_and_stable_ids(tmp_path):
+    path = write_sweep(tmp_path, grid={"model.activation": ["tanh", "relu"], "model.depth": [2, 3, 4]},
+                       zip={"train.optimizer.name": ["sgd", "adam"], "train.optimizer.lr": [0.1, 0.01]},
+                       seeds=[0, 1])
+    sw = sweepmod.load(path)
+    assert len(sw.cells) == 2 * 3 * 2 * 2
+    # zip walks in step: sgd always with 0.1, adam with 0.01, never crossed
+    pairs = {(c.cfg.train.optimizer["name"], c.cfg.train.optimizer["lr"]) for c in sw.cells}
+    assert pairs == {("sgd", 0.1), ("adam", 0.01)}
+    ids = [c.id for c in sw.cells]
+    assert len(set(ids)) == len(ids)
+    assert ids == [c.id for c in sweepmod.load(path).cells]  # the same cell maps to the same folder
+    c = sw.cells[-1]
+    assert c.id.startswith("activation-relu_depth-4_optimizer-adam_lr-0.01_seed-1_") and c.cfg.name == c.id
+    assert c.cfg.model.depth == 4 and c.cfg.seed == 1 and c.cfg.model.activation["name"] == "relu"
+
+
+def test_command_line_lists_add_grid_axes_and_single_values_fix(tmp_path):
+    path = write_sweep(tmp_path, grid={"model.depth": [2, 3]}, seeds=[0])
+    sw = sweepmod.load(path, ["model.width=8,16", "model.depth=5", "seed=0,1,2", "train.steps=7"])
+    assert len(sw.cells) == 2 * 3
+    assert {c.cfg.model.width for c in sw.cells} == {8, 16}
+    assert {c.cfg.model.depth for c in sw.cells} == {5}  # a single value replaces the axis
+    assert {c.cfg.seed for c in sw.cells} == {0, 1, 2} and {c.cfg.train.steps for c in sw.cells} == {7}
+    # a flow list stays one value, not an axis
+    assert sweepmod.load(path, ["log.kinds=[weight_grad,output_grad]"]).cells[0].cfg.log.kinds == \
+        ["weight_grad", "output_grad"]
+
+
+def test_growing_an_axis_keeps_the_old_ids(tmp_path):
+    path = write_sweep(tmp_path, grid={"model.depth": [2, 3]}, seeds=[0, 1])
+    old = {c.id for c in sweepmod.load(path).cells}
+    new = {c.id for c in sweepmod.load(path, ["model.depth=2,3,4"]).cells}
+    assert old < new and len(new - old) == 2
+
+
+def test_one_bad_cell_fails_the_sweep_up_front_naming_it(tmp_path, cli):
+    path = write_sweep(tmp_path, grid={"model.activation": ["tanh", "rleu"]}, seeds=[0, 1])
+    with pytest.raises(ConfigError, match=r"model.activation=rleu.*did you mean 'relu'"):
+        sweepmod.load(path)
+    r = cli("sweep", path, "--out", tmp_path / "out")
+    assert r.returncode == 2 and "model.activation=rleu" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing written
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"zip": {"model.depth": [2, 3], "model.width": [8]}}, "same length"),
+    ({"grid": {"model.depth": 3}}, "non-empty list"),
+    ({"grdi": {"model.depth": [3]}}, "did you mean 'grid'"),
+    ({"grid": {"model.depht": [3]}}, "did you mean 'model.depth'"),
+    ({"grid": {"model.depth": [2, 2]}}, "same config"),
+    ({"seeds": ["a"]}, "seeds"),
+])
+def test_sweep_file_errors(tmp_path, spec, message):
+    with pytest.raises(ConfigError, match=message):
+        sweepmod.load(write_sweep(tmp_path, **spec))
+
+
+def test_validate_accepts_sweep_files(cli):
+    r = cli("validate", EXAMPLE, ROOT / "configs" / "quickstart.yaml")
+    assert r.returncode == 0, r.stderr
+    assert "sweep of 216 runs" in r.stdout
+
+
+def test_dry_run_lists_runs_and_runs_nothing(tmp_path, cli):
+    r = cli("sweep", EXAMPLE, *EXAMPLE_TINY, "--out", tmp_path, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "16 runs" in r.stdout and "kaiming_normal" in r.stdout and "adam" in r.stdout
+    assert not (tmp_path / "activation-init-depth").exists()
+
+
+# -- running -------------------------------------------------------------------------------------
+
+def test_local_sweep_writes_layout_resumes_and_grows(tmp_path, cli):
+    path = write_sweep(tmp_path, grid={"model.depth": [2, 3]}, seeds=[0, 1])
+    r = cli("sweep", path, "--out", tmp_path, "-j", "2", "-q")
+    assert r.returncode == 0, r.stderr
+    sweep_dir = tmp_path / "s"
+    assert r.stdout.strip() == str(sweep_dir) and "(4 run now)" in r.stderr
+    ids = {c.id for c in sweepmod.load(path).cells}
+    assert {p.name for p in (sweep_dir / "runs").iterdir()} == ids
+    for i in ids:  # exactly the files of vgp run
+        files = {p.name for p in (sweep_dir / "runs" / i).iterdir()}
+        assert files == {"config.yaml", "meta.json", "grad_norms.csv", "metrics.csv", "summary.csv"}
+    summary = rows(sweep_dir / "summary.csv")
+    assert sorted(r["name"] for r in summary) == sorted(ids) and {r["status"] for r in summary} == {"completed"}
+    spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    assert spec["grid"] == {"model.depth": [2, 3]} and len(spec["runs"]) == 4
+
+    before = metas(sweep_dir)
+    r = cli("sweep", path, "--out", tmp_path, "-q")
+    assert r.returncode == 0 and "(0 run now)" in r.stderr
+    assert metas(sweep_dir) == before  # nothing ran again
+
+    r = cli("sweep", path, "--out", tmp_path, "-q", "model.depth=2,3,4")
+    assert r.returncode == 0 and "(2 run now)" in r.stderr
+    after = metas(sweep_dir)
+    assert {k: after[k] for k in before} == before and len(after) == 6
+    assert len(rows(sweep_dir / "summary.csv")) == 6
+
+
+def test_failed_run_is_recorded_does_not_stop_others_and_retries(tmp_path, cli):
+    # an rnn on non-sequence data passes validation but fails when its model is built
+    path = write_sweep(tmp_path, base=tiny(train__steps=5, model__depth=1), grid={"model.arch": ["mlp", "rnn"]},
+                       seeds=[0, 1])
+    r = cli("sweep", path, "--out", tmp_path, "-j", "2", "-q")
+    assert r.returncode == 1 and "2 failed" in r.stderr
+    sweep_dir = tmp_path / "s"
+    failed = [i for i, m in metas(sweep_dir).items() if m["status"] == "failed"]
+    assert len(failed) == 2 and all(i.startswith("arch-rnn") for i in failed)
+    for i in failed:
+        assert "needs sequences" in (sweep_dir / "runs" / i / "error.txt").read_text()
+    assert sorted(r["model.arch"] for r in rows(sweep_dir / "summary.csv")) == ["mlp", "mlp"]
+
+    before = metas(sweep_dir)
+    r = cli("sweep", path, "--out", tmp_path, "-q")
+    assert r.returncode == 1 and "(0 run now)" in r.stderr and metas(sweep_dir) == before
+    r = cli("sweep", path, "--out", tmp_path, "-q", "--retry-failed")
+    assert r.returncode == 1 and "(2 run now)" in r.stderr
+    after = metas(sweep_dir)
+    assert all(after[i]["started"] != before[i]["started"] or after[i]["pid"] != before[i]["pid"] for i in failed)
+    assert all(after[i] == before[i] for i in before if i not in failed)
+
+
+def _descendants(pid: int) -> list[int]:
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out += children.get(p, [])
+        todo += children.get(p, [])
+    return out
+
+
+def _finished(sweep_dir: Path) -> int:
+    return len(list((sweep_dir / "runs").glob("*/summary.csv"))) if (sweep_dir / "runs").exists() else 0
+
+
+def _start_and_wait(args, sweep_dir, n_finished, timeout=120):
+    proc = subprocess.Popen(sweep_cmd(*args), cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + timeout
+    while _finished(sweep_dir) < n_finished:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "sweep too slow"
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.slow
+def test_example_sweep_killed_hard_resumes_without_running_anything_twice(tmp_path, cli):
+    args = [EXAMPLE, *EXAMPLE_TINY, "train.steps=400", "--out", tmp_path, "-j", "2", "-q"]
+    sweep_dir = tmp_path / "activation-init-depth"
+    proc = _start_and_wait(args, sweep_dir, 5)
+    victims = [proc.pid] + _descendants(proc.pid)
+    assert len(victims) >= 3  # the sweep and its two workers
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.communicate()
+    done_before = {i: m for i, m in metas(sweep_dir).items() if m["status"] == "completed"}
+    assert 5 <= len(done_before) < 16
+
+    r = cli("sweep", *args)
+    assert r.returncode == 0, r.stderr
+    after = metas(sweep_dir)
+    assert len(after) == 16 and {m["status"] for m in after.values()} == {"completed"}
+    assert {i: after[i] for i in done_before} == done_before  # not one finished run done again
+    assert f"({16 - len(done_before)} run now)" in r.stderr
+    summary = rows(sweep_dir / "summary.csv")
+    assert sorted(r["name"] for r in summary) == sorted(after)  # exactly one row per cell
+
+    # and compared by activation and init: mean ± std over the seeds (and optimizers)
+    r = cli("compare", sweep_dir, "--by", "model.activation,model.init")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if "kaiming_normal" in ln or "default" in ln]
+    assert len(lines) == 4 and all("±" in ln and " 4 " in ln for ln in lines)
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_running_runs_interrupted_and_keeps_finished_ones(tmp_path, cli):
+    path = write_sweep(tmp_path, base=tiny(train__steps=300, log__every=1), seeds=list(range(8)))
+    args = [path, "--out", tmp_path, "-j", "2", "-q"]
+    sweep_dir = tmp_path / "s"
+    proc = _start_and_wait(args, sweep_dir, 2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    statuses = [m["status"] for m in metas(sweep_dir).values()]
+    assert "running" not in statuses and set(statuses) <= {"completed", "interrupted"}
+    assert statuses.count("completed") >= 2 and len(statuses) < 8  # it stopped: not every run started
+    assert len(rows(sweep_dir / "summary.csv")) == statuses.count("completed")
+    for i, m in metas(sweep_dir).items():
+        if m["status"] == "interrupted":
+            assert not (sweep_dir / "runs" / i / "summary.csv").exists()
+    r = cli("sweep", *args)
+    assert r.returncode == 0 and len(rows(sweep_dir / "summary.csv")) == 8
+
+
+@pytest.mark.slow
+def test_two_sweeps_into_one_folder_run_each_cell_once(tmp_path):
+    path = write_sweep(tmp_path, base=tiny(train__steps=30), seeds=list(range(6)))
+    procs = [subprocess.Popen(sweep_cmd(path, "--out", tmp_path, "-j", "1", "-q"), cwd=ROOT, env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    ran = [int(err.split("(")[1].split(" run now")[0]) for _, err in outs]
+    assert sum(ran) == 6  # every cell trained exactly once, by one of the two
+    summary = rows(tmp_path / "s" / "summary.csv")
+    assert len(summary) == 6 and len({r["name"] for r in summary}) == 6
