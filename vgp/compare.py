@@ -103,6 +103,8 @@ def compare(paths: list[Path], by: list[str] | None = None, metrics: list[str] |
     metric ``<metric>_mean`` and ``<metric>_std`` (over seeds; empty for a single run)."""
     df = _filter(load(paths), list(where))
     by = [resolve(df, k) for k in by] if by else varying(df)
+    if "source" in df.columns and "source" not in by:  # several sweeps: side by side
+        by.insert(0, "source")
     if metrics:
         metrics = [resolve(df, m) for m in metrics]
     else:
