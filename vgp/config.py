@@ -170,7 +170,11 @@ def _build(raw: dict, cls, prefix: str, source: str):
             try:
                 kwargs[name] = _registry(f.metadata["spec"]).resolve(spec, where)
             except ConfigError as e:
-                raise ConfigError(f"{source}: {e}") from None
+                hint = ""
+                if "has no argument" in str(e):  # typically: the name was switched, old arguments kept
+                    hint = (f"; to switch to another one with its own arguments, replace the whole mapping, "
+                            f"e.g. {where}=NAME or {where}='{{name: NAME, ...}}'")
+                raise ConfigError(f"{source}: {e}{hint}") from None
             continue
         value = raw.get(name, default)
         choices = f.metadata["choices"]
