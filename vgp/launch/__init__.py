@@ -147,12 +147,22 @@ def print_plan(sweep: sweepmod.Sweep, sweep_dir: Path) -> None:
 
 
 def launcher_settings(sweep: sweepmod.Sweep, overrides: dict) -> dict:
-    """The sweep file's ``launcher:`` section with command-line settings on top; ``name`` checked."""
+    """The sweep file's ``launcher:`` section with command-line settings on top. Every key must be a
+    setting of some launcher; each launcher reads its own (so a file set up for SLURM runs locally too)."""
+    from vgp.launch import local, slurm
+
     settings = {**sweep.launcher, **{k: v for k, v in overrides.items() if v is not None}}
     name = settings.setdefault("name", "local")
     if name not in LAUNCHERS:
         raise UserError(f"launcher: unknown launcher '{name}'{did_you_mean(str(name), LAUNCHERS)} "
                         f"(valid: {', '.join(LAUNCHERS)})")
+    known = {"name", *local.SETTINGS, *slurm.DEFAULTS}
+    for key in settings:
+        if key not in known:
+            raise UserError(f"launcher: unknown setting '{key}'{did_you_mean(str(key), sorted(known))} "
+                            f"(valid: {', '.join(sorted(known))})")
+    if name == "slurm":
+        settings = {**slurm.DEFAULTS, **{k: v for k, v in settings.items() if k in slurm.DEFAULTS}}
     return settings
 
 

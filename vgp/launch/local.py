@@ -24,7 +24,7 @@ from vgp import results, sweep as sweepmod
 from vgp.errors import UserError
 from vgp.launch import Outcome, SweepProgress, run_cell
 
-SETTINGS = ("name", "jobs")
+SETTINGS = {"jobs": None}  # worker processes (None: one per GPU, else one per core)
 
 # -- in the worker processes ---------------------------------------------------------------------
 _in_run = False  # a run is executing: a signal interrupts it
@@ -45,7 +45,9 @@ def _watch_parent(parent: int) -> None:
 
     while os.getppid() == parent:
         time.sleep(1.0)
-    _thread.interrupt_main(signal.SIGINT)
+    _thread.interrupt_main(signal.SIGINT)  # the run is marked interrupted
+    time.sleep(30.0)
+    os._exit(1)  # in case the pool's queue does not end the process by itself
 
 
 def _init_worker(threads: int, gpus, parent: int) -> None:
@@ -109,10 +111,6 @@ def plan(cells, jobs: int | None) -> tuple[int, int, list[str]]:
 
 def launch(sweep, todo, sweep_dir: Path, settings: dict, retry_failed: bool, before: dict, quiet: bool) -> int:
     """Run ``todo`` in a pool of ``settings['jobs']`` workers; returns how many runs were trained here."""
-    unknown = set(settings) - set(SETTINGS)
-    if unknown:
-        raise UserError(f"launcher: the local launcher takes only {', '.join(SETTINGS)}; "
-                        f"got {', '.join(sorted(unknown))}")
     jobs, threads, gpus = plan(todo, settings.get("jobs"))
     runs = Path(sweep_dir) / "runs"
     order = [c.id for c in sweep.cells]

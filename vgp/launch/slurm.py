@@ -62,17 +62,6 @@ class SweepTask:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def settings_of(settings: dict) -> dict:
-    unknown = set(settings) - set(DEFAULTS)
-    if unknown:
-        from vgp.registry import did_you_mean
-
-        k = sorted(unknown)[0]
-        raise UserError(f"launcher: unknown slurm setting '{k}'{did_you_mean(k, list(DEFAULTS))} "
-                        f"(valid: {', '.join(DEFAULTS)})")
-    return {**DEFAULTS, **settings}
-
-
 def executor(folder: Path, s: dict):
     """A submitit executor for SLURM, always explicitly: submitit would pick SLURM by itself wherever
     ``srun`` is on the PATH, and a 5-minute time limit unless told otherwise."""
@@ -116,7 +105,7 @@ def _live_jobs(sweep_dir: Path):
 
 def launch(sweep, todo, sweep_dir: Path, settings: dict, retry_failed: bool, before: dict, wait: bool,
            quiet: bool) -> None:
-    s = settings_of(settings)
+    s = {**DEFAULTS, **settings}
     if not shutil.which("sbatch"):
         raise UserError("the slurm launcher needs SLURM's sbatch on the PATH (run it on the cluster's login node)")
     sweep_dir = Path(sweep_dir)
