@@ -268,3 +268,25 @@ def test_two_sweeps_into_one_folder_run_each_cell_once(tmp_path):
     assert sum(ran) == 6  # every cell trained exactly once, by one of the two
     summary = rows(tmp_path / "s" / "summary.csv")
     assert len(summary) == 6 and len({r["name"] for r in summary}) == 6
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_fails_that_run_only(tmp_path):
+    """What the kernel's out-of-memory killer does: SIGKILL one worker. Its run is recorded failed; the
+    others finish in a fresh pool."""
+    path = write_sweep(tmp_path, base=tiny(train__steps=400, log__every=1), seeds=list(range(6)))
+    sweep_dir = tmp_path / "s"
+    proc = _start_and_wait([path, "--out", tmp_path, "-j", "2", "-q"], sweep_dir, 1)
+    workers = [p for p in _descendants(proc.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    running = []
+    while not running:  # a run a worker is in the middle of (each takes about a second)
+        running = [(i, m["pid"]) for i, m in metas(sweep_dir).items() if m["status"] == "running"
+                   and m["pid"] in workers]
+    victim, pid = running[0]
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    after = metas(sweep_dir)
+    assert [i for i, m in after.items() if m["status"] == "failed"] == [victim]  # that run only
+    assert "worker process running it died" in (sweep_dir / "runs" / victim / "error.txt").read_text()
+    assert sum(m["status"] == "completed" for m in after.values()) == 5
