@@ -150,7 +150,8 @@ def _check(sweep: Sweep) -> None:
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{src}: {kind}: {key}: expected a non-empty list of values, got {values!r}")
             if key in ("seed", "name", "out"):
-                raise ConfigError(f"{src}: {kind}: {key} cannot be swept" + (" (use seeds: [...])" if key == "seed" else ""))
+                hint = " (use seeds: [...])" if key == "seed" else ""
+                raise ConfigError(f"{src}: {kind}: {key} cannot be swept{hint}")
     lengths = {k: len(v) for k, v in sweep.zip.items()}
     if len(set(lengths.values())) > 1:
         raise ConfigError(f"{src}: zip: the lists must have the same length, got "

@@ -34,9 +34,9 @@ class Outcome:
 
 def run_cell(cfg, runs: Path, retry_failed: bool = False) -> Outcome:
     """Run one cell into ``runs/<cfg.name>/`` unless its folder says it is finished (or failed, without
-    ``retry_failed``). When another process holds the cell's lock, this waits for it and then decides. Exceptions become a ``failed`` outcome (and
-    ``error.txt`` in the folder); KeyboardInterrupt and SystemExit (submitit's requeue) propagate, with
-    the folder marked ``interrupted``."""
+    ``retry_failed``); when another process holds the cell's lock, wait for it and then decide.
+    Exceptions become a ``failed`` outcome (and ``error.txt`` in the folder); KeyboardInterrupt and
+    SystemExit (submitit's requeue) propagate, with the folder marked ``interrupted``."""
     from vgp import train  # the heavy import, only where runs execute
 
     runs = Path(runs)
