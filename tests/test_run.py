@@ -120,3 +120,17 @@ def test_failure_is_recorded(tmp_path, monkeypatch):
     assert results.read_status(f) == "failed"
     assert "out of memory (simulated)" in (f / "error.txt").read_text()
     assert not (f / "summary.csv").exists()
+
+
+def test_system_exit_marks_the_run_interrupted(tmp_path, monkeypatch):
+    """A scheduler's requeue (submitit exits through SystemExit) is an interruption, not a failure."""
+    import vgp.train
+
+    def requeued(*a, **k):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(vgp.train, "_train", requeued)
+    with pytest.raises(SystemExit):
+        run(config.from_dict(tiny()), out=tmp_path, quiet=True)
+    assert results.read_status(tmp_path / "t") == "interrupted"
+    assert not (tmp_path / "t" / "error.txt").exists()

@@ -10,6 +10,7 @@ step ``train.steps``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import os
 import platform
@@ -123,6 +124,7 @@ def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
 
+@functools.lru_cache(maxsize=1)
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(vgp.__file__).parent, capture_output=True,
@@ -189,7 +191,8 @@ def run(cfg: config.Config, out: str | Path | None = None, force: bool = False, 
     except BaseException as e:
         for s in streams:
             s.close()  # rows so far stay in the .partial files
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        # Ctrl-C, SIGTERM turned into SystemExit, a scheduler's requeue: interrupted, to be run again
+        status = "failed" if isinstance(e, Exception) else "interrupted"
         if status == "failed":
             results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
         results.write_json(folder / "meta.json", _meta(device, started, status, ended=_now(), error=repr(e)))

@@ -36,7 +36,7 @@ def run_cell(cfg, runs: Path, retry_failed: bool = False) -> Outcome:
     """Run one cell into ``runs/<cfg.name>/`` unless its folder says it is finished (or failed, without
     ``retry_failed``); when another process holds the cell's lock, wait for it and then decide.
     Exceptions become a ``failed`` outcome (and ``error.txt`` in the folder); KeyboardInterrupt and
-    SystemExit (submitit's requeue) propagate, with the folder marked ``interrupted``."""
+    SystemExit (submitit's requeue) propagate, with the folder marked ``interrupted`` by train.run."""
     from vgp import train  # the heavy import, only where runs execute
 
     runs = Path(runs)
@@ -61,23 +61,6 @@ def run_cell(cfg, runs: Path, retry_failed: bool = False) -> Outcome:
                 results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
                 results.write_json(folder / "meta.json", {"status": "failed", "error": repr(e)})
             return Outcome(cfg.name, "failed", f"{type(e).__name__}: {e}", time.perf_counter() - t0)
-        except BaseException as e:
-            _mark_interrupted(folder, e)
-            raise
-
-
-def _mark_interrupted(folder: Path, e: BaseException) -> None:
-    """train.run marks a SystemExit 'failed'; for a sweep it is an interruption to run again."""
-    import json
-
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        return
-    if meta.get("status") in ("failed", "running"):
-        meta.update(status="interrupted", error=repr(e))
-        results.write_json(folder / "meta.json", meta)
-        (folder / "error.txt").unlink(missing_ok=True)
 
 
 # -- progress ------------------------------------------------------------------------------------
