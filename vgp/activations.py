@@ -30,25 +30,29 @@ class Activation:
     dphi_max: float  # max |phi'(x)| over x: saturation is |phi'| below 5% of this
     kaiming: str  # nonlinearity for torch.nn.init.kaiming_*
     kaiming_param: float | None = None  # negative slope for leaky_relu
-    # saturated(h) -> 0/1 floats: |phi'(z)| < 5% of its max, read off the output h = phi(z).
-    # None: the recorder evaluates dphi on the pre-activation z instead (slower).
-    saturated: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # saturated(h, out=None) -> 0/1 floats: |phi'(z)| < 5% of its max, read off the output h = phi(z),
+    # written into out if given. None: the recorder evaluates dphi on the pre-activation z (slower).
+    saturated: Callable[..., torch.Tensor] | None = None
 
 
-def above(x: torch.Tensor, c: float, inplace: bool = False) -> torch.Tensor:
-    """(x > c) as 0./1. floats, with arithmetic only; ``inplace`` reuses x (a temporary).
+def above(x: torch.Tensor, c: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(x > c) as 0./1. floats, with arithmetic only, into ``out`` if given (it may be x itself).
 
     On the CPU, comparisons and boolean reductions run about four times slower than float
-    arithmetic; this keeps the recorder's saturation measure cheap. Exact wherever x - c is
-    not below 1e-38 (fl(x - c) > 0 exactly when x > c).
+    arithmetic, and a fresh multi-megabyte temporary costs page faults on every step; this keeps
+    the recorder's saturation measure cheap. Exact wherever x - c is not below 1e-38
+    (fl(x - c) > 0 exactly when x > c).
     """
-    d = x.sub_(c) if inplace else x - c
-    return d.mul_(1e38).clamp_(0, 1)
+    return torch.sub(x, c, out=out).mul_(1e38).clamp_(0, 1)
 
 
-def not_above(x: torch.Tensor, c: float, inplace: bool = False) -> torch.Tensor:
+def not_above(x: torch.Tensor, c: float, out: torch.Tensor | None = None) -> torch.Tensor:
     """(x <= c) as 0./1. floats."""
-    return above(x, c, inplace).neg_().add_(1)
+    return above(x, c, out).neg_().add_(1)
+
+
+def _never(h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    return out.zero_() if out is not None else torch.zeros_like(h)
 
 
 SAT = 0.05  # saturated: |phi'| below 5% of its maximum
@@ -72,26 +76,27 @@ def _silu_d(x):
 @ACTIVATIONS.register("identity", "f(x) = x (a deep linear network)")
 def identity():
     return Activation("identity", nn.Identity, lambda x: x, torch.ones_like, 1.0, "linear",
-                      saturated=torch.zeros_like)
+                      saturated=_never)
 
 
 @ACTIVATIONS.register("sigmoid", "logistic 1/(1+e^-x); derivative at most 1/4")
 def sigmoid():
     # h(1-h) < 0.05/4  <=>  |h - 1/2| > sqrt(1/4 - 0.05/4)
     return Activation("sigmoid", nn.Sigmoid, torch.sigmoid, _sig_d, 0.25, "sigmoid",
-                      saturated=lambda h: above((h - 0.5).abs_(), math.sqrt(0.25 * (1 - SAT)), True))
+                      saturated=lambda h, out=None: above(torch.sub(h, 0.5, out=out).abs_(),
+                                                          math.sqrt(0.25 * (1 - SAT)), out))
 
 
 @ACTIVATIONS.register("tanh", "hyperbolic tangent; derivative at most 1")
 def tanh():
     return Activation("tanh", nn.Tanh, torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, 1.0, "tanh",
-                      saturated=lambda h: above(h.abs(), math.sqrt(1 - SAT), True))  # 1 - h^2 < 0.05
+                      saturated=lambda h, out=None: above(torch.abs(h, out=out), math.sqrt(1 - SAT), out))  # 1 - h^2 < 0.05
 
 
 @ACTIVATIONS.register("relu", "max(0, x)")
 def relu():
     return Activation("relu", nn.ReLU, F.relu, lambda x: (x > 0).to(x.dtype), 1.0, "relu",
-                      saturated=lambda h: not_above(h, 0.0))  # phi' = 0 where z <= 0, i.e. h = 0
+                      saturated=lambda h, out=None: not_above(h, 0.0, out))  # phi' = 0 where z <= 0, i.e. h = 0
 
 
 @ACTIVATIONS.register("leaky_relu", "max(x, negative_slope * x)")
@@ -106,7 +111,7 @@ def leaky_relu(negative_slope: float = 0.01):
         "leaky_relu",
         a,
         # phi' = a where z <= 0 (h <= 0): saturated there when |a| < 5% of max(1, |a|)
-        saturated=(lambda h: not_above(h, 0.0)) if abs(a) < SAT else (lambda h: torch.zeros_like(h)),
+        saturated=(lambda h, out=None: not_above(h, 0.0, out)) if abs(a) < SAT else _never,
     )
 
 
@@ -121,7 +126,8 @@ def elu(alpha: float = 1.0):
         "relu",
         # where z <= 0, phi' = alpha e^z = h + alpha; with alpha >= 5% of the max that is the only
         # place it can be small (else fall back to phi'(z))
-        saturated=(lambda h: not_above(h, SAT * max(1.0, alpha) - alpha)) if alpha >= SAT * max(1.0, alpha)
+        saturated=(lambda h, out=None: not_above(h, SAT * max(1.0, alpha) - alpha, out))
+        if alpha >= SAT * max(1.0, alpha)
         else None,
     )
 
@@ -138,7 +144,7 @@ def selu():
         lambda x: _SELU_S * torch.where(x > 0, torch.ones_like(x), _SELU_A * torch.exp(torch.clamp(x, max=0))),
         _SELU_S * _SELU_A,
         "linear",  # PyTorch's docs: use nonlinearity='linear' for self-normalizing nets
-        saturated=lambda h: not_above(h, -(1 - SAT) * _SELU_S * _SELU_A),  # phi' = h + s a where z <= 0
+        saturated=lambda h, out=None: not_above(h, -(1 - SAT) * _SELU_S * _SELU_A, out),  # phi' = h + s a, z <= 0
     )
 
 
@@ -155,13 +161,13 @@ def silu():
 @ACTIVATIONS.register("softsign", "x / (1 + |x|)")
 def softsign():
     return Activation("softsign", nn.Softsign, F.softsign, lambda x: 1 / (1 + x.abs()) ** 2, 1.0, "linear",
-                      saturated=lambda h: above(h.abs(), 1 - math.sqrt(SAT), True))  # phi' = (1 - |h|)^2
+                      saturated=lambda h, out=None: above(torch.abs(h, out=out), 1 - math.sqrt(SAT), out))  # (1-|h|)^2
 
 
 @ACTIVATIONS.register("softplus", "log(1 + e^x); derivative is the sigmoid")
 def softplus():
     return Activation("softplus", nn.Softplus, F.softplus, torch.sigmoid, 1.0, "relu",
-                      saturated=lambda h: not_above(h, -math.log(1 - SAT)))  # phi' = 1 - e^-h < 0.05
+                      saturated=lambda h, out=None: not_above(h, -math.log(1 - SAT), out))  # phi' = 1 - e^-h < 0.05
 
 
 def get(spec: dict) -> Activation:

@@ -71,6 +71,7 @@ class GradientRecorder:
         self.time_keys: list[tuple[int, int]] = []  # (layer, t) of time_values, after after_backward
         self.time_values: torch.Tensor | None = None  # (len(time_keys),) norms of dLoss/dh_t
         self._values: torch.Tensor | None = None
+        self._buffers: dict = {}  # (shape, layers) -> (index, stacked activations, scratch)
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self):
@@ -123,7 +124,9 @@ class GradientRecorder:
     def _layer_hook(self, i):
         def hook(module, inputs, output):
             if output.requires_grad:
-                output.register_hook(lambda g: self._out_grads.__setitem__(i, g))
+                # the norm, not the gradient, is kept: holding every layer's gradient through the
+                # backward pass would keep megabytes alive that the allocator could otherwise reuse
+                output.register_hook(lambda g: self._out_grads.__setitem__(i, torch.linalg.vector_norm(g)))
 
         return hook
 
@@ -157,8 +160,8 @@ class GradientRecorder:
             values[row["bias_grad"], self._bias_index] = norms[self._bias_pos.to(norms.device)]
         # a layer whose output got no gradient (not on the loss's path) has a zero output_grad
         if self._want_z:
-            og = [g if g is not None else torch.zeros(1, device=values.device) for g in self._out_grads]
-            values[row["output_grad"]] = torch.stack(_norms(og))
+            zero = torch.zeros((), device=values.device)
+            values[row["output_grad"]] = torch.stack([g if g is not None else zero for g in self._out_grads])
         weights = [w.detach() for w in self.weights]
         if self._want_update or "weight" in self.kinds:
             values[row["weight"]] = torch.stack(_norms(weights))
@@ -176,6 +179,17 @@ class GradientRecorder:
         self._out_grads = [None] * n
         self._act_in = [None] * n
         self._act_out = [None] * n
+
+    def _group_buffers(self, shape: tuple, idx: list[int], device):
+        """Reused buffers for a group of equally shaped activations: its layer index and two
+        (G, B, U) tensors (a fresh multi-megabyte tensor on every step costs page faults)."""
+        key = (shape, tuple(idx))
+        if key not in self._buffers:
+            g = len(idx)
+            self._buffers[key] = (torch.tensor(idx, device=device),
+                                  torch.empty(g, shape[0], math.prod(shape[1:]), device=device),
+                                  torch.empty(g, shape[0], math.prod(shape[1:]), device=device))
+        return self._buffers[key]
 
     def after_step(self) -> torch.Tensor:
         """The step's values as a (len(KINDS), L) tensor on the device (NaN where not applicable)."""
@@ -200,18 +214,18 @@ class GradientRecorder:
                 groups.setdefault(tuple(h.shape), []).append(i)
         sat_fn = self.activation.saturated
         for shape, idx in groups.items():
-            index = torch.tensor(idx, device=values.device)
-            h = torch.stack([self._act_out[i] for i in idx]).flatten(2)  # (G, B, U)
+            index, h, tmp = self._group_buffers(shape, idx, values.device)
+            torch.stack([self._act_out[i] for i in idx], out=h.view(len(idx), *shape))
             count = h.shape[1] * h.shape[2]
             mean = h.sum((1, 2)) / count
             sq = torch.linalg.vector_norm(h, dim=(1, 2)) ** 2 / count
             if sat_fn is not None:
-                sat = sat_fn(h)
+                sat = sat_fn(h, tmp)
             else:
-                z = torch.stack([self._act_in[i] for i in idx]).flatten(2)
-                sat = not_above(self.activation.dphi(z).abs_(), SATURATION * self.activation.dphi_max, True)
-            values[row["act_mean"], index] = mean
-            values[row["act_std"], index] = (sq - mean * mean).clamp_(min=0).sqrt_()
-            values[row["saturation"], index] = sat.sum((1, 2)) / count
+                torch.stack([self._act_in[i] for i in idx], out=tmp.view(len(idx), *shape))
+                sat = not_above(self.activation.dphi(tmp).abs_(), SATURATION * self.activation.dphi_max)
+            std = (sq - mean * mean).clamp_(min=0).sqrt_()
             lo, hi = h.amin(1), h.amax(1)  # (G, U): a unit is dead where both are 0
-            values[row["dead"], index] = not_above(lo.abs_().add_(hi.abs_()), 0.0).mean(1)
+            dead = not_above(lo.abs_().add_(hi.abs_()), 0.0).mean(1)
+            first = row["act_mean"]  # the four act kinds are consecutive in KINDS
+            values[first:first + 4, index] = torch.stack([mean, std, sat.sum((1, 2)) / count, dead])
