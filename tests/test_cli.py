@@ -71,3 +71,10 @@ def test_help_on_every_command(cli):
     for cmd in ["run", "validate", "ls"]:
         r = cli(cmd, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout
+
+
+def test_unusable_output_folder_is_a_user_error(tmp_path, cli):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = cli("run", ROOT / "configs" / "quickstart.yaml", "train.steps=1", "--out", blocker)
+    assert r.returncode == 2 and "cannot create the run folder" in r.stderr and "Traceback" not in r.stderr

@@ -115,7 +115,11 @@ def prepare(folder: Path, force: bool) -> Path:
     status = read_status(folder)
     if status in FINISHED and not force:
         raise UserError(f"{folder} already holds a finished run (status: {status}); use --force to overwrite it")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {folder}: {e.strerror or e} (see --out or 'out' in the config)") \
+            from None
     # the marker goes first, so that the folder never looks finished while it is rewritten
     for name in ("summary.csv",) + RUN_FILES:
         (folder / name).unlink(missing_ok=True)
