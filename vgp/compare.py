@@ -18,7 +18,7 @@ from vgp.registry import did_you_mean
 
 CONFIG_SECTIONS = ("model", "data", "train", "log")
 NOT_GROUPED = ("name", "seed", "out")
-DEFAULT_METRICS = ("final_test_acc", "final_test_loss", "final_loss", "grad_ratio", "steps_done")
+DEFAULT_METRICS = ("final_test_acc", "final_test_loss", "final_loss", "grad_ratio", "decay_per_layer", "steps_done")
 
 
 def split(text: str | None) -> list[str] | None:
