@@ -78,6 +78,13 @@ class CsvStream:
         """Rows as sequences in column order."""
         self._w.writerows(rows)
 
+    def write_values(self, step: int, prefixes: list[str], values: list[float]) -> None:
+        """Rows ``step,<prefix>,value``, one per prefix (pre-formatted, comma-free leading cells).
+
+        The same bytes as :meth:`write` (floats as repr), several times faster for the hundreds of
+        rows of a recorded step."""
+        self._f.write("".join(f"{step},{p},{v!r}\n" for p, v in zip(prefixes, values)))
+
     def flush(self) -> None:
         self._f.flush()
 

@@ -218,6 +218,7 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
     pairs = recorder.applicable()  # (kind, layer index) rows written to grad_norms.csv
     n_layers = len(recorder.names)
     flat_index = [KINDS.index(k) * n_layers + i for k, i in pairs]
+    grad_prefixes = [f"{i + 1},{recorder.names[i]},{k}" for k, i in pairs]  # layer,name,kind
     grad_pos = [j for (k, _), j in zip(pairs, flat_index) if k in ("weight_grad", "bias_grad", "output_grad")]
     batch_iter = batches(len(data.x_train), cfg.train.batch_size, cfg.seed, device)
     no = torch.zeros((), dtype=torch.bool, device=device)
@@ -279,9 +280,9 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
             flat, (l, a, g, gc, c) = host[:nv], host[nv:nv + 5]
             losses, time_norms = host[nv + 5:len(host) - n_time], host[len(host) - n_time:]
             if time_csv is not None:
-                time_csv.write([step, k, t, v] for (k, t), v in zip(recorder.time_keys, time_norms))
+                time_csv.write_values(step, [f"{k},{t}" for k, t in recorder.time_keys], time_norms)
 
-            grad_csv.write([step, i + 1, recorder.names[i], k, flat[j]] for (k, i), j in zip(pairs, flat_index))
+            grad_csv.write_values(step, grad_prefixes, [flat[j] for j in flat_index])
             metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), opt.param_groups[0]["lr"],
                                 round(elapsed, 4), test_loss, test_acc]])
             if step == 0 and "output_grad" in cfg.log.kinds:
