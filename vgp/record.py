@@ -59,7 +59,7 @@ class GradientRecorder:
         self._out_grads: list = []
         self._act_in: list = []
         self._act_out: list = []
-        self._bias_index = [i for i, b in enumerate(self.has_bias) if b]
+        self._bias_index = torch.tensor([i for i, b in enumerate(self.has_bias) if b], dtype=torch.long)
         self.params = list(params) if params is not None else self.weights + self.biases
         pos = {id(p): k for k, p in enumerate(self.params)}
         self._weight_pos = torch.tensor([pos[id(w)] for w in self.weights])
@@ -155,9 +155,12 @@ class GradientRecorder:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         norms = torch.stack(_norms(grads))  # one per parameter tensor
         self.total_grad_norm = torch.linalg.vector_norm(norms)
-        values[row["weight_grad"]] = norms[self._weight_pos.to(norms.device)]
+        if self._weight_pos.device != norms.device:  # once: a copy from the host would wait for the GPU
+            self._weight_pos, self._bias_pos, self._bias_index = (
+                t.to(norms.device) for t in (self._weight_pos, self._bias_pos, self._bias_index))
+        values[row["weight_grad"]] = norms[self._weight_pos]
         if self.biases:
-            values[row["bias_grad"], self._bias_index] = norms[self._bias_pos.to(norms.device)]
+            values[row["bias_grad"], self._bias_index] = norms[self._bias_pos]
         # a layer whose output got no gradient (not on the loss's path) has a zero output_grad
         if self._want_z:
             zero = torch.zeros((), device=values.device)
