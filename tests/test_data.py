@@ -121,3 +121,21 @@ def test_runs_on_each_offline_set(tmp_path, name):
     raw = tiny(data={"name": name}, train__steps=3, train__batch_size=32)
     res = run(config.from_dict(raw), out=tmp_path, quiet=True)
     assert res.status == "completed" and res.summary["final_test_acc"] is not None
+
+
+def test_cifar_loader_refuses_pickled_code(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": Evil(), "labels": [0]}, f)
+    with pytest.raises(DataError, match="refusing to unpickle"):
+        load("cifar10", root=str(tmp_path))
+    assert not marker.exists()

@@ -74,9 +74,23 @@ def fashion_mnist(seed, root: str = "data", download: bool = False, n_train: int
     return _torchvision_mnist("FashionMNIST", root, download, n_train, n_test)
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR's batches are pickles of dicts, lists and numpy arrays: nothing else may be loaded,
+    since unpickling can run code and a config may point ``root`` anywhere."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to unpickle {module}.{name}: a CIFAR-10 batch holds only numpy arrays")
+
+
 def _cifar_batch(path: Path):
     with open(path, "rb") as f:
-        d = pickle.load(f, encoding="latin1")  # the data set's own format: trusted numpy arrays
+        d = _ArraysOnly(f, encoding="latin1").load()
     x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
     return torch.from_numpy(x.copy()), torch.tensor(d["labels"], dtype=torch.int64)
 
