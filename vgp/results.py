@@ -85,9 +85,6 @@ class CsvStream:
         rows of a recorded step."""
         self._f.write("".join(f"{step},{p},{v!r}\n" for p, v in zip(prefixes, values)))
 
-    def flush(self) -> None:
-        self._f.flush()
-
     def finish(self) -> None:
         if self._f.closed:
             return

@@ -24,11 +24,6 @@ class Tracked:
     output: bool = True
 
 
-def tracked_layers(model: nn.Module) -> list[Tracked]:
-    """The tracked layers of a vgp network (each network defines ``tracked()``)."""
-    return model.tracked()
-
-
 from vgp.models.mlp import MLP, mlp  # noqa: E402,F401
 from vgp.models.resnet import RESNET_DEPTHS, ResNet, resnet  # noqa: E402,F401
 from vgp.models.rnn import RecurrentNet, recurrent  # noqa: E402,F401
