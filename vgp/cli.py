@@ -141,7 +141,8 @@ def ls(what: str = typer.Argument("all", help="activations | inits | optimizers 
         table.add_column("file")
         table.add_column("what it shows")
         for path in sorted(CONFIGS.rglob("*.yaml")):
-            first = path.read_text().splitlines()[0] if path.read_text() else ""
+            lines = path.read_text().splitlines()
+            first = lines[0] if lines else ""
             table.add_row(str(path.relative_to(CONFIGS)), first.lstrip("# ").strip())
         console.print(table)
 

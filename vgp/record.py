@@ -5,16 +5,18 @@ Life of a recorded step::
     with GradientRecorder(model.tracked(), act) as rec:   # removes every hook on exit
         rec.start()                  # attach forward hooks for this step only
         loss = loss_fn(model(x), y)
-        loss.backward()              # tensor hooks keep references to dLoss/dz_l (no compute)
+        loss.backward()              # tensor hooks take ||dLoss/dz_l|| on the device (no sync)
         rec.after_backward()         # norms of grads (pre-clip), activation stats, weight copy
         ...clip, optimizer.step()...
         values = rec.after_step()    # (len(KINDS), L) tensor on the device: update ratios added
 
-Nothing is computed in the hooks themselves and nothing is hooked on steps that are not
-recorded, so those run at the speed of a bare loop. Norms of many tensors are taken with one
-``torch._foreach_norm`` call; activation statistics of equally shaped layers in one stacked op;
-saturation is read off the activation's output where its derivative allows, with float
-arithmetic rather than comparisons (see ``activations.above``).
+Nothing is hooked on steps that are not recorded, so those run at the speed of a bare loop.
+The gradient hooks take each layer's output-gradient norm as the gradient arrives (keeping the
+norm, not the gradient, lets the allocator reuse its memory during the backward pass); other
+norms of many tensors are taken with one ``torch._foreach_norm`` call; activation statistics
+of equally shaped layers in one stacked op; saturation is read off the activation's output
+where its derivative allows, with float arithmetic rather than comparisons
+(see ``activations.above``).
 The caller converts the result to Python once per recorded step (one host synchronisation).
 """
 
