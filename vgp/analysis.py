@@ -286,6 +286,8 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
         per_step[name] = {"depth": st, "time": ts, "verdict": combine(axes)}
     m = run.config.get("model", {})
     act = (m.get("activation") or {}).get("name", "") if isinstance(m.get("activation"), dict) else str(m.get("activation", ""))
+    if m.get("arch") in ("lstm", "gru"):
+        act = ""  # their gates fix their nonlinearities; model.activation is not used
     evidence = loss_evidence(run.metrics, th)
     for kind in ("saturation", "dead"):
         evidence[f"{kind}_first"] = _act_mean(g, first, kind)
@@ -340,7 +342,8 @@ def report(d: dict) -> str:
     """A short report in rich markup: verdict, the evidence, one line of advice."""
     colour = {"vanishing": "blue", "exploding": "red", "healthy": "green"}.get(d["verdict"], "yellow")
     th, ev, t = d["thresholds"], d["evidence"], d["theory"]
-    lines = [f"[bold]{d['run']}[/bold]  ({d['arch']}, depth {d['depth']}, {d['activation']}, {d['status']})",
+    about = ", ".join(str(v) for v in (d["arch"], f"depth {d['depth']}", d["activation"], d["status"]) if v)
+    lines = [f"[bold]{d['run']}[/bold]  ({about})",
              f"verdict: [bold {colour}]{d['verdict']}[/] at step {d['steps']['first']['depth']['step'] if d['steps']['first']['depth'] else 0}"
              f", {d['verdict_last']} at the last recorded step  (vanishing: compounded < {th['vanishing']:g}, "
              f"exploding: > {th['exploding']:g})"]

@@ -53,7 +53,7 @@ class ModelConfig:
                           "rnn/lstm/gru: stacked recurrent layers (default 10, 20, 1)", like=0)
     width: int = _f(None, "mlp: units per hidden layer; resnet: channels of the first stage; rnn/lstm/gru: hidden "
                           "size (default 256, 16, 128)", like=0)
-    activation: Any = _f("relu", "activation function (vgp ls activations)", spec="activations")
+    activation: Any = _f("relu", "activation function (vgp ls activations); lstm/gru gates keep their own", spec="activations")
     init: Any = _f("default", "weight init of every layer, output layer included (vgp ls inits)", spec="inits")
     bias_init: Any = _f("default", "bias init of every layer (vgp ls inits)", spec="bias_inits")
     norm: str = _f("none", "normalisation between the linear map and the activation", choices=["none", "batchnorm", "layernorm"])
