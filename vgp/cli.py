@@ -39,7 +39,15 @@ def run(
     from vgp.train import run as run_
 
     cfg = cfgmod.load(config, overrides or [])
-    result = run_(cfg, out=out, force=force, quiet=quiet)
+    try:
+        result = run_(cfg, out=out, force=force, quiet=quiet)
+    except UserError:
+        raise
+    except Exception as e:  # the run failed (disk full, out of memory, ...): its folder says so
+        folder = Path(out if out is not None else cfg.out) / cfg.name
+        where = f"; the traceback is in {folder / 'error.txt'}" if (folder / "error.txt").exists() else ""
+        _err(f"run {cfg.name} failed: {type(e).__name__}: {str(e)[:500]}{where}")
+        raise typer.Exit(1)
     if not quiet:
         s = result.summary
         typer.echo(_run_line(s), err=True)
@@ -149,11 +157,13 @@ def ls(what: str = typer.Argument("all", help="activations | inits | optimizers 
 
 @app.command()
 def diagnose(
-    run_dir: Path = typer.Argument(..., help="a run folder", show_default=False),
-    json_: bool = typer.Option(False, "--json", help="print one JSON object instead of the report"),
+    paths: List[Path] = typer.Argument(..., help="run folders, a sweep folder or a results folder",
+                                       show_default=False),
+    json_: bool = typer.Option(False, "--json", help="print one JSON object per run instead of the report"),
     vanishing: float = typer.Option(0.1, help="verdict vanishing: gradient compounded over the depth below this"),
     exploding: float = typer.Option(10.0, help="verdict exploding: compounded above this"),
     drop: float = typer.Option(0.01, help="report layers whose gradient is below this x the output layer's"),
+    rise: float = typer.Option(100.0, help="report layers whose gradient is above this x the output layer's"),
     stall: float = typer.Option(0.02, help="stalled: the loss fell by less than this fraction"),
 ):
     """Say whether a run's gradients vanish, explode or flow, with the evidence and one line of advice."""
@@ -161,13 +171,15 @@ def diagnose(
 
     from vgp import analysis
 
-    d = analysis.diagnose(run_dir, analysis.Thresholds(vanishing, exploding, drop, stall))
-    if json_:
-        typer.echo(json.dumps(analysis.jsonable(d)))
-    else:
-        from rich.console import Console
+    th = analysis.Thresholds(vanishing=vanishing, exploding=exploding, drop=drop, rise=rise, stall=stall)
+    for i, run_ in enumerate(analysis.find_runs(paths)):  # among several, unreadable ones are left out, warned
+        d = analysis.diagnose(run_.folder, th, run_)
+        if json_:
+            typer.echo(json.dumps(analysis.jsonable(d)))
+        else:
+            from rich.console import Console
 
-        Console().print(analysis.report(d), highlight=False)
+            Console().print(("\n" if i else "") + analysis.report(d), highlight=False)
 
 
 @app.command()
@@ -287,6 +299,8 @@ def compare(
     """Compare runs: each metric as mean ± std over seeds, grouped by config keys."""
     from vgp import compare as comparemod
 
+    if csv is not None:
+        comparemod.check_csv_path(csv)  # before the work, not after the table is printed
     table = comparemod.compare(paths, by=comparemod.split(by), metrics=comparemod.split(metrics), where=where or [])
     comparemod.show(table)
     if csv is not None:

@@ -5,12 +5,22 @@ A run folder ``<out>/<name>/`` holds ``config.yaml``, ``meta.json``, ``grad_norm
 ``*.csv.partial``; they get their final names only when the run completed or diverged (the
 rows of a killed, failed or interrupted run stay in the ``.partial`` files), and
 ``summary.csv`` exists only for a finished run: a folder without it is not finished, whatever
-else it holds. ``meta.json`` always says the status.
+else it holds (one rule, read by :func:`read_status` everywhere: runs, sweeps, diagnosis).
+``meta.json`` says how an unfinished run ended (running, failed, interrupted).
+
+Files are written with the permissions the umask allows (0644 under the usual umask 022), like
+any file a program creates, so that colleagues on a shared filesystem can read the results; a
+temporary file is never left behind (a stale one from a killed process is removed when the
+folder is prepared again). A run folder is locked (``flock`` on the folder itself) while a run
+writes into it, so that two processes never write the same run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import io
 import json
 import os
@@ -25,11 +35,30 @@ FINISHED = ("completed", "diverged")
 RUN_FILES = ("config.yaml", "meta.json", "grad_norms.csv", "metrics.csv", "summary.csv", "time_grads.csv", "error.txt")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (setting it briefly would
+    race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, text: str) -> None:
-    """Write a whole file so that readers see the old one or the new one, never a torn one."""
+    """Write a whole file so that readers see the old one or the new one, never a torn one.
+
+    The file gets the permissions ``open`` would give it (0666 less the umask), not mkstemp's 0600.
+    Raises OSError (disk full, read-only folder); the temporary file is removed then."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
             f.flush()
@@ -85,6 +114,10 @@ class CsvStream:
         rows of a recorded step."""
         self._f.write("".join(f"{step},{p},{v!r}\n" for p, v in zip(prefixes, values)))
 
+    def flush(self) -> None:
+        """Hand the rows written so far to the OS: a process killed after this loses none of them."""
+        self._f.flush()
+
     def finish(self) -> None:
         if self._f.closed:
             return
@@ -100,32 +133,74 @@ class CsvStream:
 
 
 def read_status(folder: Path) -> str | None:
-    """'completed' | 'diverged' | 'running' | 'failed' | 'interrupted', or None for no run."""
+    """How the run in ``folder`` ended, by one rule: finished means ``summary.csv`` exists.
+
+    'completed' | 'diverged' (from summary.csv), else 'running' | 'failed' | 'interrupted' from
+    meta.json, where a meta.json that says finished without the marker (a run stopped between the
+    two writes, or whose summary.csv was deleted) reads 'interrupted'; 'damaged' when summary.csv
+    exists but cannot be read; None when the folder holds no run (or an unreadable meta.json)."""
     folder = Path(folder)
-    if (folder / "summary.csv").exists():
-        with open(folder / "summary.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
+    marker = folder / "summary.csv"
+    if marker.exists():
+        try:
+            with open(marker, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return "damaged"
         if rows and rows[0].get("status") in FINISHED:
             return rows[0]["status"]
+        return "damaged"
     try:
-        return json.loads((folder / "meta.json").read_text()).get("status")
-    except (OSError, ValueError):
+        status = json.loads((folder / "meta.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
         return None
+    if status in FINISHED:
+        return "interrupted"
+    return status if isinstance(status, str) else None
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path, wait: bool = False):
+    """Create ``folder`` and hold an exclusive lock on it while the block runs; yields False (and
+    holds nothing) when another process holds it and ``wait`` is False.
+
+    ``flock`` on the folder itself: no lock file is left in it, the kernel drops the lock when the
+    holder dies (even by SIGKILL), and Linux maps it to POSIX locks on NFS. Raises UserError when
+    the folder cannot be created."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {folder}: {e.strerror or e} (see --out or 'out' in the config)") \
+            from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def prepare(folder: Path, force: bool) -> Path:
-    """Make an empty-enough run folder: refuse a finished run unless ``force``; clear stale files."""
+    """Make an empty-enough run folder (the caller holds :func:`run_lock`): refuse a finished run
+    unless ``force``; clear the files of an earlier attempt and stale temporary files."""
     folder = Path(folder)
     status = read_status(folder)
     if status in FINISHED and not force:
         raise UserError(f"{folder} already holds a finished run (status: {status}); use --force to overwrite it")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        # the marker goes first, so that the folder never looks finished while it is rewritten
+        for name in ("summary.csv",) + RUN_FILES:
+            (folder / name).unlink(missing_ok=True)
+            (folder / (name + ".partial")).unlink(missing_ok=True)
+        for tmp in folder.glob(".*.tmp"):  # left by a process killed inside atomic_write
+            tmp.unlink(missing_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create the run folder {folder}: {e.strerror or e} (see --out or 'out' in the config)") \
-            from None
-    # the marker goes first, so that the folder never looks finished while it is rewritten
-    for name in ("summary.csv",) + RUN_FILES:
-        (folder / name).unlink(missing_ok=True)
-        (folder / (name + ".partial")).unlink(missing_ok=True)
+        raise UserError(f"cannot clear the run folder {folder}: {e.strerror or e}") from None
     return folder

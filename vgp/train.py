@@ -9,14 +9,18 @@ step ``train.steps``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
+import json
 import math
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -157,20 +161,78 @@ def _progress(quiet: bool, name: str, steps: int):
                     console=Console(stderr=True), disable=quiet, transient=False)
 
 
-def run(cfg: config.Config, out: str | Path | None = None, force: bool = False, quiet: bool = False) -> RunResult:
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP arrived (``timeout``, ``kill``, docker, a scheduler): the run ends as
+    interrupted, and the process exits with status 128 + the signal's number."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def _signals_as_exceptions():
+    """Turn SIGTERM/SIGHUP into :class:`Terminated` while a run writes its folder, so that the
+    folder is marked interrupted and its rows flushed (a plain SIGTERM runs no ``finally``). Only
+    where the signal would otherwise kill the process: a sweep worker's or submitit's own handlers
+    are left alone, and so is any thread but the main one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            old[sig] = signal.signal(sig, _raise_terminated)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def run(cfg: config.Config, out: str | Path | None = None, force: bool = False, quiet: bool = False,
+        lock: bool = True) -> RunResult:
     """Train ``cfg`` and write its run folder ``<out>/<name>/``. Returns where, and how it ended.
 
-    A diverged run (non-finite loss or gradient) is a result, not an error: its CSVs up to that
-    step are kept. An exception or Ctrl-C marks the folder failed/interrupted and propagates.
+    A diverged run (non-finite loss, gradient or evaluation) is a result, not an error: its CSVs up
+    to the recorded step that found it are kept. Every other way a run can end leaves the folder
+    saying so: an exception (also while finishing: a full disk, a read-only folder) marks it
+    ``failed`` with ``error.txt``; Ctrl-C, SIGTERM/SIGHUP or a scheduler's requeue (SystemExit) mark
+    it ``interrupted``; the rows of every recorded step so far stay in the ``.partial`` files; and
+    then the exception propagates. Only a finished run has ``summary.csv``.
+
+    ``lock``: take the run folder's lock (:func:`vgp.results.run_lock`); False when the caller
+    holds it (:func:`vgp.launch.run_cell`). Raises UserError when another process holds it, or when
+    the folder already holds a finished run and ``force`` is False.
     """
-    # -- set-up ------------------------------------------------------------------------------
     device = pick_device(cfg.device)
-    folder = results.prepare(Path(out if out is not None else cfg.out) / cfg.name, force)
-    started, t_start = _now(), time.perf_counter()
-    results.write_yaml(folder / "config.yaml", config.to_dict(cfg))
-    results.write_json(folder / "meta.json", _meta(device, started, "running"))
-    streams: list[results.CsvStream] = []
+    folder = Path(out if out is not None else cfg.out) / cfg.name
+    with contextlib.ExitStack() as stack:
+        if lock and not stack.enter_context(results.run_lock(folder)):
+            raise UserError(f"{folder} is being written by another run{_holder(folder)}; wait for it to end, "
+                            f"or give this run another name (name=...) or --out")
+        results.prepare(folder, force)
+        with _signals_as_exceptions():
+            return _run_in(cfg, folder, device, quiet)
+
+
+def _holder(folder: Path) -> str:
+    """' (pid 123 on host, started ...)' from the other run's meta.json, where it can be read."""
     try:
+        meta = json.loads((folder / "meta.json").read_text())
+        return f" (pid {meta['pid']} on {meta['host']}, started {meta['started']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _run_in(cfg: config.Config, folder: Path, device: torch.device, quiet: bool) -> RunResult:
+    # -- set-up ------------------------------------------------------------------------------
+    started, t_start = _now(), time.perf_counter()
+    streams: list[results.CsvStream] = []
+    finished = False
+    try:
+        results.write_yaml(folder / "config.yaml", config.to_dict(cfg))
+        results.write_json(folder / "meta.json", _meta(device, started, "running"))
         torch.manual_seed(cfg.seed)
         data = datasets.load(cfg.data, cfg.seed).to(device)
         model, act = build_model(cfg.model, data)
@@ -188,27 +250,65 @@ def run(cfg: config.Config, out: str | Path | None = None, force: bool = False, 
             streams.append(time_csv)
         outcome = _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics_csv, time_csv,
                          quiet)
-    except BaseException as e:
-        for s in streams:
-            s.close()  # rows so far stay in the .partial files
-        # Ctrl-C, SIGTERM turned into SystemExit, a scheduler's requeue: interrupted, to be run again
-        status = "failed" if isinstance(e, Exception) else "interrupted"
-        if status == "failed":
-            results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
-        results.write_json(folder / "meta.json", _meta(device, started, status, ended=_now(), error=repr(e)))
-        raise
 
-    # -- finish: CSVs get their final names, then the summary marks the folder finished ------
-    for s in streams:
-        s.finish()
-    wall = time.perf_counter() - t_start
-    summary = {**config.flatten(config.to_dict(cfg)), **outcome, "wall_s": round(wall, 3),
-               **data.info}
-    summary.update(analysis.summary_columns(folder))  # verdict, decay per layer, theory (reads the CSVs)
-    results.write_json(folder / "meta.json", _meta(device, started, summary["status"], ended=_now(),
-                                                   wall_s=summary["wall_s"], train_s=outcome["train_s"]))
-    results.atomic_write(folder / "summary.csv", results.csv_text([summary], list(summary)))
+        # -- finish: CSVs get their final names, then the summary marks the folder finished ----
+        for s in streams:
+            s.finish()
+        wall = time.perf_counter() - t_start
+        summary = {**config.flatten(config.to_dict(cfg)), **outcome, "wall_s": round(wall, 3), **data.info}
+        summary.update(analysis.summary_columns(folder))  # verdict, decay per layer, theory (reads the CSVs)
+        results.write_json(folder / "meta.json", _meta(device, started, summary["status"], ended=_now(),
+                                                       wall_s=summary["wall_s"], train_s=outcome["train_s"]))
+        results.atomic_write(folder / "summary.csv", results.csv_text([summary], list(summary)))
+        finished = True
+    except BaseException as e:
+        if not finished:  # (an interrupt just after the marker was written: the run is finished)
+            _record_end(folder, streams, e, device, started, quiet)
+        raise
     return RunResult(folder, summary["status"], summary)
+
+
+def _record_end(folder: Path, streams: list, e: BaseException, device, started: str, quiet: bool) -> None:
+    """Mark an unfinished run failed or interrupted. Never raises: it runs when the disk may be full or
+    the folder read-only, and signals wait until it is done. Falls back to rewriting meta.json in
+    place, and as a last resort says on stderr that the folder could not be marked."""
+    blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        for s in streams:
+            try:
+                s.close()  # rows so far stay in the .partial files
+            except OSError:
+                pass
+        # Ctrl-C, SIGTERM, a scheduler's requeue (SystemExit): interrupted, to be run again
+        status = "failed" if isinstance(e, Exception) else "interrupted"
+        problems = []
+        if status == "failed":
+            try:
+                results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
+            except OSError as err:
+                problems.append(f"error.txt: {err}")
+        meta = json.dumps(_meta(device, started, status, ended=_now(), error=repr(e)[:2000]), indent=2,
+                          default=str) + "\n"
+        try:
+            results.atomic_write(folder / "meta.json", meta)
+        except OSError as err:
+            try:  # no room for a new file: overwrite the old one's blocks
+                with open(folder / "meta.json", "w") as f:
+                    f.write(meta)
+            except OSError as err2:
+                problems.append(f"meta.json: {err}; {err2}")
+        if problems:
+            print(f"vgp: {folder}: the run ended ({status}: {e!r}) but this could not be recorded: "
+                  + "; ".join(problems), file=sys.stderr)
+        elif status == "interrupted" and not quiet:
+            why = f"signal {e.code - 128}" if isinstance(e, Terminated) else type(e).__name__
+            print(f"vgp: {folder}: interrupted ({why}); the rows of every recorded step are in its .partial files",
+                  file=sys.stderr)
+    except BaseException:  # the handler must not replace the run's own exception
+        pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics_csv, time_csv, quiet) -> dict:
@@ -219,11 +319,12 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
     n_layers = len(recorder.names)
     flat_index = [KINDS.index(k) * n_layers + i for k, i in pairs]
     grad_prefixes = [f"{i + 1},{recorder.names[i]},{k}" for k, i in pairs]  # layer,name,kind
-    grad_pos = [j for (k, _), j in zip(pairs, flat_index) if k in ("weight_grad", "bias_grad", "output_grad")]
+    streams = [c for c in (grad_csv, metrics_csv, time_csv) if c is not None]
     batch_iter = batches(len(data.x_train), cfg.train.batch_size, cfg.seed, device)
     no = torch.zeros((), dtype=torch.bool, device=device)
     nan = torch.full((), math.nan, device=device)
     pending: list[torch.Tensor] = []  # detached losses since the last recorded step
+    finite: list[torch.Tensor] = []  # per step since then: loss and gradient finite (device-side flags)
     status, diverged_step, grad_ratio, last_loss, done = "completed", None, None, None, 0
 
     t_loop = time.perf_counter()
@@ -245,19 +346,27 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
             opt.zero_grad(set_to_none=True)
             loss.backward()
             pending.append(loss.detach())
+            grads = [p.grad for p in params if p.grad is not None]
             if recording:
                 recorder.after_backward()
-                grads = [p.grad for p in params if p.grad is not None]
                 gn = recorder.total_grad_norm
                 clipped = no
                 if clip.mode == "value":
                     clipped = torch.stack(torch._foreach_norm(grads, float("inf"))).max() > clip.value
                 elif clip.mode == "norm":
                     clipped = gn + 1e-6 > clip.max_norm  # torch scales by max_norm / (norm + 1e-6)
+            # divergence is looked for on every step, without waiting for the device: a flag per step,
+            # read with the losses at the next recorded step. The gradient's total norm is finite
+            # exactly when every entry is, except where the norm itself overflows (> 3.4e38 in float32:
+            # an exploding gradient, counted as one). Clipping by norm computes it anyway.
             if clip.mode == "norm":
-                torch.nn.utils.clip_grad_norm_(params, clip.max_norm)
-            elif clip.mode == "value":
-                torch.nn.utils.clip_grad_value_(params, clip.value)
+                norm = torch.nn.utils.clip_grad_norm_(params, clip.max_norm)
+                finite.append(torch.isfinite(gn if recording else norm) & torch.isfinite(pending[-1]))
+            else:
+                norm = gn if recording else _total_norm(grads)
+                finite.append(torch.isfinite(norm) & torch.isfinite(pending[-1]))
+                if clip.mode == "value":
+                    torch.nn.utils.clip_grad_value_(params, clip.value)
             opt.step()
             done = step + 1
             if not recording:
@@ -268,17 +377,20 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
             gnc = _total_norm(grads) if clip.mode != "none" else gn
             acc = accuracy(logits.detach(), y) if data.task == "classification" else nan
             scalars = torch.stack([loss.detach().float(), acc, gn, gnc, clipped.float()])
-            parts = [values.flatten(), scalars, torch.stack(pending)]
+            parts = [values.flatten(), scalars, torch.stack(pending), torch.stack(finite).float()]
             n_time = 0
             if recorder.time_values is not None:
                 parts.append(recorder.time_values)
                 n_time = len(recorder.time_keys)
             host = torch.cat(parts).tolist()
+            n_pending = len(pending)
             pending.clear()
+            finite.clear()
             elapsed = time.perf_counter() - t_loop
             nv = values.numel()
             flat, (l, a, g, gc, c) = host[:nv], host[nv:nv + 5]
-            losses, time_norms = host[nv + 5:len(host) - n_time], host[len(host) - n_time:]
+            ok = host[nv + 5 + n_pending:nv + 5 + 2 * n_pending]  # 1.0 where loss and gradient were finite
+            time_norms = host[len(host) - n_time:]
             if time_csv is not None:
                 time_csv.write_values(step, [f"{k},{t}" for k, t in recorder.time_keys], time_norms)
 
@@ -287,14 +399,16 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
                                 round(elapsed, 4), test_loss, test_acc]])
             if step == 0 and "output_grad" in cfg.log.kinds:
                 grad_ratio = _grad_ratio(flat, recorder)
+            for s in streams:
+                s.flush()  # a kill from now on loses none of this step's rows
             last_loss = l
             progress.update(bar, completed=done, loss=f"{l:.4g}")
 
-            bad = [j for j, v in enumerate(losses) if not math.isfinite(v)]
-            if bad:
-                diverged_step = step - len(losses) + 1 + bad[0]
-            elif not math.isfinite(g) or not all(math.isfinite(flat[j]) for j in grad_pos):
-                diverged_step = step
+            bad = [j for j, v in enumerate(ok) if v != 1.0]
+            if bad:  # the first step whose loss or gradient was not finite
+                diverged_step = step - n_pending + 1 + bad[0]
+            elif test_loss is not None and not math.isfinite(test_loss):
+                diverged_step = step  # the weights this step saw give a non-finite test loss
             if diverged_step is not None:
                 status = "diverged"
                 break
@@ -306,6 +420,8 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
         final_test_loss, final_test_acc = evaluate(model, data.x_test, data.y_test, data.task)
         metrics_csv.write([[steps, None, None, None, None, None, opt.param_groups[0]["lr"],
                             round(time.perf_counter() - t_loop, 4), final_test_loss, final_test_acc]])
+        if not math.isfinite(final_test_loss):  # the last update broke the weights
+            status, diverged_step = "diverged", steps
     return {"status": status, "steps_done": done, "final_loss": last_loss, "final_test_loss": final_test_loss,
             "final_test_acc": final_test_acc, "grad_ratio": grad_ratio, "diverged_step": diverged_step,
             "train_s": round(train_s, 3)}

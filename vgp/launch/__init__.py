@@ -42,18 +42,18 @@ def run_cell(cfg, runs: Path, retry_failed: bool = False) -> Outcome:
     runs = Path(runs)
     folder = runs / cfg.name
     t0 = time.perf_counter()
-    lock = sweepmod.lock_path(runs.parent, cfg.name)
     with contextlib.ExitStack() as stack:
-        if not stack.enter_context(sweepmod.locked(lock, wait=False)):
-            # another sweep process runs this cell: wait for it, then see how it ended
-            stack.enter_context(sweepmod.locked(lock, wait=True))
+        # the run folder's own lock, the one `vgp run` takes: a sweep and a `vgp run` never share a run
+        if not stack.enter_context(results.run_lock(folder, wait=False)):
+            # another process runs this cell: wait for it, then see how it ended
+            stack.enter_context(results.run_lock(folder, wait=True))
         status = results.read_status(folder)
         if status in results.FINISHED:
             return Outcome(cfg.name, "done")
         if status == "failed" and not retry_failed:
             return Outcome(cfg.name, "failed-before")
         try:
-            result = train.run(cfg, out=runs, force=False, quiet=True)
+            result = train.run(cfg, out=runs, force=False, quiet=True, lock=False)
             return Outcome(cfg.name, result.status, None, time.perf_counter() - t0)
         except Exception as e:
             if results.read_status(folder) != "failed":  # it failed before train.run made the folder

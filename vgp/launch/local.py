@@ -182,7 +182,7 @@ def _after_crash(cell, runs: Path) -> Outcome:
     if status in results.FINISHED:
         return Outcome(cell.id, "done")
     if status == "running":
-        with sweepmod.locked(sweepmod.lock_path(runs.parent, cell.id), wait=False) as got:
+        with results.run_lock(folder, wait=False) as got:
             if got:
                 msg = "the worker process running it died (killed, or out of memory)"
                 results.atomic_write(folder / "error.txt", msg + "\n")
