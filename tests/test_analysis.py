@@ -148,7 +148,7 @@ def test_verdicts_on_real_runs(tmp_path, name, over, verdict):
     if verdict == "vanishing":
         assert d["drop_layer"] is not None and "ReLU-family" in d["advice"]
     if verdict == "exploding":
-        assert "lower the weight variance" in d["advice"]
+        assert "lower weight variance" in d["advice"]
 
 
 def test_summary_copes_with_depth_0_and_1_and_a_diverged_run(tmp_path):
@@ -178,4 +178,4 @@ def test_cli_diagnose_report_and_json(tmp_path, cli):
     assert js["grad_ratio"] == pytest.approx(pd.read_csv(r.folder / "summary.csv").grad_ratio[0], rel=1e-9)
     assert json.loads(cli("diagnose", r.folder, "--json", "--vanishing", "1e-30").stdout)["verdict"] == "healthy"
     bad = cli("diagnose", tmp_path / "missing")
-    assert bad.returncode == 2 and "no such run folder" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "no such file or folder" in bad.stderr and "Traceback" not in bad.stderr

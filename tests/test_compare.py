@@ -69,5 +69,8 @@ def test_reads_run_folders_and_sweeps_without_a_summary_yet(tmp_path):
     table = compare.compare([tmp_path / "sw"])
     assert int(table["n"].sum()) == 2
     assert int(compare.compare([tmp_path / "sw" / "runs" / "r0"])["n"].sum()) == 1
-    with pytest.raises(UserError, match="not a sweep folder"):
+    with pytest.raises(UserError, match="no such file or folder"):
         compare.compare([tmp_path / "nothing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a sweep folder"):
+        compare.compare([tmp_path / "empty"])

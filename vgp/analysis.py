@@ -14,13 +14,25 @@ Only reads files (pandas); never imports the training code. The words used:
   ``exploding`` above ``Thresholds.exploding``, else ``healthy``; judged at step 0 (what the init
   and the architecture do), and again at the last recorded step (``verdict_last``).
 * **evidence**: whether the loss fell (``stalled``), the fractions of saturated and dead units,
-  where the norm drops below ``Thresholds.drop`` times the output layer's, and the mean-field
-  prediction (:mod:`vgp.theory`) beside the measurement where it applies.
+  where the norm falls below ``Thresholds.drop`` or rises above ``Thresholds.rise`` times the output
+  layer's, and the mean-field prediction (:mod:`vgp.theory`) beside the measurement where it applies.
+* **advice**: drawn from both verdicts, that evidence and the config (it never proposes what the
+  config already does).
+
+A run folder is **finished** when it holds ``summary.csv``; an unfinished one (running, killed,
+failed, interrupted) is diagnosed from the steps its ``*.csv.partial`` files recorded, and says so.
+A file that cannot be read as what vgp writes (binary, not CSV/YAML/JSON, truncated, a column
+missing, a non-number where a number belongs) is a :class:`~vgp.errors.UserError` naming the file
+and what is wrong.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,50 +51,296 @@ class Thresholds:
     stall: float = 0.02  # the loss fell by less than this fraction from the first to the last recorded steps: stalled
     saturated: float = 0.2  # a mean fraction of saturated units above this is called out as evidence
     dead: float = 0.2  # ... of dead units
+    rise: float = 100.0  # a layer (time step) whose norm is above rise x the output layer's (last step's) is blown up
 
 
-# -- reading --------------------------------------------------------------------------------
+def warn(message: str) -> None:
+    """One line on standard error, for a run left out or a file that is not what it should be."""
+    print(f"vgp: warning: {message}", file=sys.stderr)
+
+
+def note(message: str) -> None:
+    """One line on standard error about what was read (unfinished runs drawn as far as they got)."""
+    print(f"vgp: note: {message}", file=sys.stderr)
+
+
+# -- reading files --------------------------------------------------------------------------
+
+# What each CSV of a run folder must hold: columns, integer columns (never empty), number columns
+# (empty, nan and inf allowed), text columns (never empty).
+SCHEMAS = {
+    "grad_norms.csv": dict(columns=("step", "layer", "kind", "value"), integers=("step", "layer"),
+                           numbers=("value",), texts=("kind",)),
+    "metrics.csv": dict(columns=("step", "loss"), integers=("step",),
+                        numbers=("loss", "acc", "grad_norm", "grad_norm_clipped", "lr", "elapsed_s", "test_loss",
+                                 "test_acc")),
+    "time_grads.csv": dict(columns=("step", "layer", "t", "value"), integers=("step", "layer", "t"), numbers=("value",)),
+    "summary.csv": dict(columns=("status",),
+                        numbers=("steps_done", "final_loss", "final_test_loss", "final_test_acc", "grad_ratio",
+                                 "decay_per_layer", "decay_per_layer_last", "decay_per_step",
+                                 "predicted_decay_per_layer", "wall_s")),
+}
+
+
+def _text(path: Path) -> str:
+    """A file's text. Unreadable, binary or not UTF-8: a UserError naming the file."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise UserError(f"{path}: a folder where a file belongs") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise UserError(f"{path}: binary data, not text (a NUL byte at offset {nul})")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: binary data, not UTF-8 text (offset {e.start})") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def read_csv(path: str | Path, columns=(), integers=(), numbers=(), texts=(), partial: bool = False,
+             whole_lines: bool = True) -> pd.DataFrame:
+    """A CSV checked against what vgp writes; anything else is a UserError '<file>: <what is wrong>'.
+
+    Every row must have the header's number of fields, ``columns`` must be there, ``integers`` and
+    ``texts`` filled in every row, ``numbers`` numbers where filled (nan, inf allowed). An empty file
+    is an empty frame. vgp ends every line with a newline, so a file that does not (with
+    ``whole_lines``) was cut short; ``partial``: a file still being written, or whose writer was
+    killed, where an incomplete last line is expected and dropped."""
+    path = Path(path)
+    text = _text(path)
+    if text and not text.endswith("\n"):
+        if partial:
+            text = text[:text.rfind("\n") + 1]
+        elif whole_lines:
+            raise UserError(f"{path}: truncated: its last line (line {text.count(chr(10)) + 1}) is incomplete")
+    if not text.strip():
+        return pd.DataFrame(columns=list(columns))
+    try:
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader)
+        for row in reader:
+            if len(row) != len(header):
+                raise UserError(f"{path}: line {reader.line_num} has {len(row)} fields, the header {len(header)}"
+                                + (" (an empty line)" if not row else ""))
+        df = pd.read_csv(io.StringIO(text), skip_blank_lines=False)
+    except (csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        raise UserError(f"{path}: not a valid CSV file ({_first_line(e)})") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: no column {', '.join(missing)} (its columns: "
+                        f"{', '.join(map(str, df.columns[:8]))}{', ...' if len(df.columns) > 8 else ''})")
+    for c in integers + numbers:
+        if c not in df.columns:
+            continue
+        v = pd.to_numeric(df[c], errors="coerce")
+        bad = (v.isna() | (v % 1 != 0)) if c in integers else (v.isna() & df[c].notna())
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raw = df[c].iloc[i]
+            shown = raw if isinstance(raw, str) else format(float(raw), "g")
+            what = "empty" if pd.isna(raw) else f"'{shown}', not {'an integer' if c in integers else 'a number'}"
+            raise UserError(f"{path}: line {i + 2}: {c} is {what}")
+        df[c] = v.astype("int64") if c in integers else v.astype(float)
+    for c in texts:
+        if c in df.columns and df[c].isna().any():
+            raise UserError(f"{path}: line {int(np.flatnonzero(df[c].isna().to_numpy())[0]) + 2}: {c} is empty")
+    return df
+
+
+def read_yaml(path: Path) -> dict:
+    """A run's config.yaml: a mapping whose sections are mappings; else a UserError naming the file."""
+    text = _text(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise UserError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML ({e.problem or e.context})") \
+            from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({_first_line(e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a {type(data).__name__}, not a mapping of config keys")
+    for section in ("model", "data", "train", "log"):
+        if section in data and not isinstance(data[section], (dict, type(None))):
+            raise UserError(f"{path}: '{section}' is {data[section]!r}, not a mapping")
+    return data
+
+
+def read_json(path: Path) -> dict:
+    """A run's meta.json: one JSON object; else a UserError naming the file."""
+    try:
+        data = json.loads(_text(path))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a JSON {type(data).__name__}, not an object")
+    return data
+
+
+# -- reading a run folder --------------------------------------------------------------------
 
 @dataclass
 class Run:
     folder: Path
     config: dict  # the resolved config (config.yaml), {} if missing
-    grads: pd.DataFrame  # grad_norms.csv
-    metrics: pd.DataFrame  # metrics.csv
+    grads: pd.DataFrame  # grad_norms.csv (or .partial)
+    metrics: pd.DataFrame  # metrics.csv (or .partial); no rows if missing
     time: pd.DataFrame | None  # time_grads.csv, for recurrent nets
     summary: dict | None  # summary.csv's row, None while the run is not finished
+    meta: dict | None = None  # meta.json, None if missing
+    partial: tuple = ()  # the files read from their .partial (unfinished runs)
 
     @property
     def name(self) -> str:
         return self.config.get("name") or self.folder.name
 
+    @property
+    def finished(self) -> bool:
+        """A run is finished when its folder holds summary.csv (the completion marker)."""
+        return self.summary is not None
 
-def _csv(folder: Path, name: str, required: bool = True) -> pd.DataFrame | None:
-    for path in (folder / name, folder / (name + ".partial")):  # a failed run keeps its rows in .partial
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status")) if self.finished else "unfinished"
+
+    def unfinished_why(self) -> str:
+        """'no summary.csv; meta.json says running' (empty for a finished run)."""
+        if self.finished:
+            return ""
+        said = (self.meta or {}).get("status")
+        return "no summary.csv" + (f"; meta.json says {said!r}" if said else "") + \
+            ("; see error.txt" if (self.folder / "error.txt").exists() else "")
+
+
+RUN_MARKERS = ("grad_norms.csv", "grad_norms.csv.partial", "summary.csv", "meta.json", "config.yaml")
+
+
+def is_run_folder(p: Path) -> bool:
+    """A folder holding any file a run writes (a sweep folder, with runs/ in it, is not one)."""
+    return p.is_dir() and not (p / "runs").is_dir() and any((p / n).exists() for n in RUN_MARKERS)
+
+
+def _run_csv(folder: Path, name: str) -> tuple[pd.DataFrame | None, Path | None]:
+    """A run's CSV under its final name, else its .partial (the rows of a run that did not finish)."""
+    for path, partial in ((folder / name, False), (folder / (name + ".partial"), True)):
         if path.exists():
-            try:
-                return pd.read_csv(path)
-            except pd.errors.EmptyDataError:
-                break
-    if required:
-        raise UserError(f"{folder}: no {name} (is this a vgp run folder?)")
-    return None
+            return read_csv(path, partial=partial, **SCHEMAS[name]), path
+    return None, None
+
+
+def _complete_steps(df: pd.DataFrame, expected_layers: int | None = None) -> pd.DataFrame:
+    """Without the last recorded step if a killed writer left it incomplete (fewer rows than the
+    steps before it, or, for a single step, fewer layers than the config has)."""
+    if df.empty:
+        return df
+    counts = df.groupby("step").size()
+    last = counts.index[-1]
+    if len(counts) > 1:
+        short = counts.iloc[-1] < counts.iloc[:-1].max()
+    else:
+        short = expected_layers is not None and "layer" in df and df.layer.max() < expected_layers
+    return df[df.step != last] if short else df
+
+
+def _expected_layers(cfg: dict) -> int | None:
+    m = cfg.get("model") or {}
+    depth = m.get("depth")
+    return depth + 1 if m.get("arch", "mlp") == "mlp" and isinstance(depth, int) else None
 
 
 def read_run(folder: str | Path) -> Run:
-    """The CSVs of one run folder; a missing folder or grad_norms.csv is a UserError."""
+    """The files of one run folder. A missing folder, a run that recorded no step yet, or a file
+    that cannot be read is a UserError naming it; an unfinished run is read from its .partial files."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.exists():
         raise UserError(f"{folder}: no such run folder")
-    cfg = {}
-    if (folder / "config.yaml").exists():
-        cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    grads = _csv(folder, "grad_norms.csv")
-    metrics = _csv(folder, "metrics.csv", required=False)
-    summary = _csv(folder, "summary.csv", required=False)
-    return Run(folder, cfg, grads, metrics if metrics is not None else pd.DataFrame(columns=["step", "loss"]),
-               _csv(folder, "time_grads.csv", required=False),
-               summary.iloc[0].to_dict() if summary is not None and len(summary) else None)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: a file, not a run folder")
+    cfg = read_yaml(folder / "config.yaml") if (folder / "config.yaml").exists() else {}
+    meta = read_json(folder / "meta.json") if (folder / "meta.json").exists() else None
+    summary = None
+    if (folder / "summary.csv").exists():
+        s = read_csv(folder / "summary.csv", **SCHEMAS["summary.csv"])
+        if s.empty:
+            raise UserError(f"{folder / 'summary.csv'}: no row (a finished run's summary has one)")
+        summary = s.iloc[0].to_dict()
+    run = Run(folder, cfg, pd.DataFrame(), pd.DataFrame(), None, summary, meta)
+    grads, path = _run_csv(folder, "grad_norms.csv")
+    if grads is None:
+        raise UserError(f"{folder}: no grad_norms.csv " + (f"(unfinished: {run.unfinished_why()})" if not run.finished
+                                                           else "(is this a vgp run folder?)"))
+    partial = [path.name] if path.name.endswith(".partial") else []
+    if partial:
+        grads = _complete_steps(grads, _expected_layers(cfg))
+    if grads.empty:
+        raise UserError(f"{path}: no recorded step" + (f" yet (unfinished: {run.unfinished_why()})"
+                                                       if not run.finished else ""))
+    metrics, mpath = _run_csv(folder, "metrics.csv")
+    times, tpath = _run_csv(folder, "time_grads.csv")
+    if tpath is not None and tpath.name.endswith(".partial"):
+        times = _complete_steps(times)
+    partial += [p.name for p in (mpath, tpath) if p is not None and p.name.endswith(".partial")]
+    run.grads = grads
+    run.metrics = metrics if metrics is not None else pd.DataFrame(columns=["step", "loss"])
+    run.time = times
+    run.partial = tuple(partial)
+    return run
+
+
+def find_runs(paths, warn=warn) -> list[Run]:
+    """Run folders named directly, inside a sweep (``<sweep>/runs/<id>/``) or inside a results folder.
+
+    One run folder that cannot be read is a UserError; among several, each one that cannot be read
+    is left out with a ``warn`` line naming the file and what is wrong, and it is a UserError only
+    when none is left. A path that does not exist is always a UserError."""
+    folders = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UserError(f"{p}: no such file or folder")
+        if not p.is_dir():
+            raise UserError(f"{p}: a file, not a run folder or a sweep folder")
+        if is_run_folder(p):
+            folders.append(p)
+            continue
+        base = p / "runs" if (p / "runs").is_dir() else p
+        found = sorted(q for q in base.iterdir() if is_run_folder(q))
+        if not found:
+            raise UserError(f"{p}: " + ("a sweep with no run folder yet" if base != p
+                                        else "neither a run folder (no grad_norms.csv) nor a folder of runs"))
+        folders += found
+    if len(folders) == 1:
+        return [read_run(folders[0])]
+    runs, problems = [], []
+    for f in folders:
+        try:
+            runs.append(read_run(f))
+        except UserError as e:
+            problems.append(str(e))
+    for message in problems:
+        warn(f"{message}; left out")
+    if not runs:
+        raise UserError(f"none of the {len(folders)} run folders in {', '.join(map(str, paths))} can be read "
+                        f"(see the warnings above)")
+    return runs
+
+
+def unfinished_note(runs) -> str | None:
+    """'2 of 8 runs are unfinished ...: a (no summary.csv; ...), b (...)', or None."""
+    left = [r for r in runs if not r.finished]
+    if not left:
+        return None
+    shown = ", ".join(f"{r.folder.name} ({r.unfinished_why()})" for r in left[:3]) + (", ..." if len(left) > 3 else "")
+    return (f"{len(left)} of {len(runs)} runs unfinished, drawn from the steps they recorded so far: {shown}"
+            if len(runs) > 1 else f"{runs[0].folder}: unfinished ({left[0].unfinished_why()}), drawn from the steps it "
+                                  f"recorded so far")
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -124,18 +382,25 @@ def _ratio(a: float, b: float) -> float:
     return a / b
 
 
-def _drop(norms: np.ndarray, ref: float, th: Thresholds) -> int | None:
-    """The highest position (1-based) whose norm is outside [drop, 1/drop] x ref: from it down to
-    position 1 the signal is cut off (or blown up). None if every norm is within."""
+def _beyond(norms: np.ndarray, ref: float, th: Thresholds) -> dict:
+    """Where the norms leave the band [drop, rise] x ref, each side on its own: ``drop_layer`` (the
+    highest position, 1-based, below drop x ref), ``drop_count`` (how many positions up to it are
+    below), and the same for ``rise`` (above rise x ref). None/0 where no norm leaves on that side."""
     rel = norms / ref if ref > 0 and math.isfinite(ref) else np.full(len(norms), math.nan)
-    out = np.flatnonzero(~((rel >= th.drop) & (rel <= 1 / th.drop)) & ~np.isnan(rel))
-    return int(out[-1]) + 1 if len(out) else None
+    out = {}
+    with np.errstate(invalid="ignore"):
+        sides = (("drop", rel < th.drop), ("rise", (rel > th.rise) | (np.isinf(norms) & (ref > 0))))
+    for side, outside in sides:
+        pos = np.flatnonzero(outside)
+        out[f"{side}_layer"] = int(pos[-1]) + 1 if len(pos) else None
+        out[f"{side}_count"] = len(pos)
+    return out
 
 
 def layer_norms(grads: pd.DataFrame, step: int, kind: str = "output_grad") -> pd.Series:
     """value by layer (1..L+1) of one kind at one step."""
     g = grads[(grads.step == step) & (grads.kind == kind)]
-    return g.set_index("layer").value.sort_index().astype(float)
+    return g.drop_duplicates("layer", keep="last").set_index("layer").value.sort_index().astype(float)
 
 
 def fit_layers(layers: list[int]) -> list[int]:
@@ -145,12 +410,12 @@ def fit_layers(layers: list[int]) -> list[int]:
 
 
 def depth_stats(grads: pd.DataFrame, step: int, th: Thresholds) -> dict:
-    """Decay per layer, compounded, ratios and the drop layer from output_grad at one step."""
+    """Decay per layer, compounded, ratios and where the norm leaves the band, from output_grad at one step."""
     s = layer_norms(grads, step)
     layers = list(s.index)
     out = {"step": int(step), "layers": len(layers), "decay_per_layer": math.nan, "compounded": math.nan,
-           "grad_ratio": math.nan, "first_over_output": math.nan, "drop_layer": None, "zeros": 0,
-           "nonfinite": 0, "verdict": "unknown"}
+           "grad_ratio": math.nan, "first_over_output": math.nan, "drop_layer": None, "drop_count": 0,
+           "rise_layer": None, "rise_count": 0, "zeros": 0, "nonfinite": 0, "verdict": "unknown"}
     if len(layers) < 2:
         return out
     v = s.to_numpy()
@@ -161,7 +426,7 @@ def depth_stats(grads: pd.DataFrame, step: int, th: Thresholds) -> dict:
     hidden = v[:-1]
     out["grad_ratio"] = _ratio(hidden[0], hidden[-1]) if len(hidden) >= 2 else math.nan
     out["first_over_output"] = _ratio(v[0], v[-1])
-    out["drop_layer"] = _drop(v[:-1], v[-1], th)
+    out.update(_beyond(v[:-1], v[-1], th))
     out["verdict"] = judge(out["compounded"], out["zeros"] if v[-1] > 0 else 0, out["nonfinite"], th)
     return out
 
@@ -173,9 +438,10 @@ def time_stats(times: pd.DataFrame, step: int, th: Thresholds) -> list[dict]:
         v = g.sort_values("t").value.to_numpy(dtype=float)
         rate, zeros, bad = decay_rate(v)
         compounded = rate ** (len(v) - 1) if math.isfinite(rate) else math.nan
+        band = _beyond(v[:-1], v[-1], th) if len(v) > 1 else {}
         rows.append({"layer": int(layer), "steps": len(v), "decay_per_step": rate, "compounded": compounded,
-                     "first_over_last": _ratio(v[0], v[-1]), "drop_t": _drop(v[:-1], v[-1], th) if len(v) > 1
-                     else None, "zeros": zeros, "nonfinite": bad,
+                     "first_over_last": _ratio(v[0], v[-1]), "drop_t": band.get("drop_layer"),
+                     "rise_t": band.get("rise_layer"), "zeros": zeros, "nonfinite": bad,
                      "verdict": judge(compounded, zeros if v[-1] > 0 else 0, bad, th)})
     return rows
 
@@ -220,52 +486,179 @@ def theory_for(run: Run, fit: list[int]) -> dict:
         return {"applies": False, "reason": "no config.yaml"}
     try:
         setting = theory.from_config(run.config)
+        if setting.depth < 1 or len(fit) < 2:
+            return {"applies": False, "reason": "no hidden layer with output_grad recorded"}
+        p = theory.profile(setting.activation, setting.weight_vars, setting.bias_vars)
+        rate, _, _ = decay_rate(np.array(p.norm)[[l - 1 for l in fit]])
+        sw2, sb2 = setting.hidden
+        chi = theory.chi1(setting.activation, sw2, sb2)
     except theory.NotApplicable as e:
         return {"applies": False, "reason": str(e)}
-    if setting.depth < 1 or len(fit) < 2:
-        return {"applies": False, "reason": "no hidden layer with output_grad recorded"}
-    p = theory.profile(setting.activation, setting.weight_vars, setting.bias_vars)
-    norm = np.array(p.norm)
-    rate, _, _ = decay_rate(norm[[l - 1 for l in fit]])
-    sw2, sb2 = setting.hidden
-    chi = theory.chi1(setting.activation, sw2, sb2)
+    except (UserError, KeyError, TypeError, ValueError, AttributeError) as e:  # a config.yaml vgp did not write
+        return {"applies": False, "reason": f"config.yaml: unexpected model settings ({type(e).__name__}: {e})"}
     return {"applies": True, "predicted_decay_per_layer": rate, "predicted_ratios": p.ratio,
             "predicted_norms": p.norm, "weight_var": sw2, "bias_var": sb2, "chi1": chi,
             "ratio_per_layer": math.sqrt(chi), "phase": theory.phase(chi), "depth_scale": theory.depth_scale(chi),
             "notes": setting.notes}
 
 
-# -- the diagnosis --------------------------------------------------------------------------
+# -- the advice -----------------------------------------------------------------------------
 
-def _advice(d: dict, act: str) -> str:
-    v, ev, th = d["verdict"], d["evidence"], d["thresholds"]
-    sat, dead = ev.get("saturation_first", math.nan), ev.get("dead_first", math.nan)
-    recurrent = d["time"] is not None
-    if ev.get("diverged") and v != "vanishing":
-        return "the run diverged: lower the learning rate, clip gradients (train.clip.mode=norm) or shrink the init"
-    if v == "vanishing":
-        if recurrent:
-            return ("gradients fade back through time: try an LSTM/GRU, an orthogonal or identity recurrent init "
-                    "(model.recurrent_init), or shorter sequences")
-        if act in ("sigmoid", "tanh", "softsign", "softplus"):
-            why = f"saturated {act} units" if sat > th["saturated"] else f"{act}'s small slopes"
-            return (f"{why} and vanishing gradients: try a ReLU-family activation with He init "
-                    "(kaiming_normal), batch norm or skip connections")
-        if dead > th["dead"]:
-            return "many dead units: use He init with zero biases, a leaky_relu/elu activation, or a smaller lr"
-        return ("gradients shrink layer by layer: raise the weight variance toward the critical one "
-                "(vgp theory CONFIG --critical), or add batch norm or skip connections")
-    if v == "exploding":
-        if recurrent:
-            return "gradients grow back through time: clip gradients (train.clip.mode=norm) or shrink the recurrent init"
-        return ("gradients grow layer by layer: lower the weight variance (He/Xavier init, or toward the critical "
-                "one: vgp theory CONFIG --critical) and clip gradients (train.clip.mode=norm)")
-    if v == "healthy" and ev.get("stalled"):
-        return "gradients reach every layer but the loss does not fall: look at the learning rate and the data"
-    if v == "healthy":
-        return "gradients reach every layer at a similar size: nothing to fix"
+SATURATING = ("sigmoid", "tanh", "softsign", "softplus", "hardtanh")
+RECURRENT = ("rnn", "lstm", "gru")
+
+
+def _name(spec) -> str:
+    return str((spec.get("name") if isinstance(spec, dict) else spec) or "")
+
+
+def setup(cfg: dict) -> dict:
+    """What a run's config already does, in the terms the advice needs (None where it does not say)."""
+    def section(d, key):
+        v = d.get(key) if isinstance(d, dict) else None
+        return v if isinstance(v, dict) else {}
+
+    m, t, data = section(cfg, "model"), section(cfg, "train"), section(cfg, "data")
+    opt, clip = section(t, "optimizer"), section(t, "clip")
+    arch = m.get("arch", "mlp") if m else None  # None: no config.yaml to say
+    gated = arch in ("lstm", "gru")  # their gates fix their nonlinearities; model.activation is not used
+    act = "" if gated or not m else _name(m.get("activation", "relu"))
+    lr = opt.get("lr")
+    return {"arch": arch, "activation": act, "init": _name(m.get("init")), "bias_init": _name(m.get("bias_init")),
+            "norm": m.get("norm") or "none", "skip": bool(m.get("skip")),
+            "recurrent_init": _name(m.get("recurrent_init")), "forget_bias": m.get("forget_bias"),
+            "clip": clip.get("mode") or "none", "max_norm": clip.get("max_norm"),
+            "lr": lr if isinstance(lr, (int, float)) else None,
+            "seq_len": data.get("seq_len") if isinstance(data.get("seq_len"), int) else None, "order": data.get("order")}
+
+
+def _or(fixes: list[str]) -> str:
+    return ", ".join(fixes[:-1]) + (" or " if len(fixes) > 1 else "") + fixes[-1]
+
+
+def _pct(x: float) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.0%}"
+
+
+def _fixes_vanishing(s: dict, through_time: bool, saturated: bool) -> tuple[str, list[str]]:
+    """(what is wrong, what to change) for gradients that vanish, from what the config does already."""
+    arch, act, init = s["arch"], s["activation"], s["init"]
+    if through_time:
+        fixes = []
+        if arch in (None, "rnn"):
+            fixes.append("gated cells (model.arch=lstm or gru)")
+        if arch in (None, "lstm"):
+            fb = s["forget_bias"]
+            fixes.append("a larger forget-gate bias" + (f" (model.forget_bias={max(3.0, 2 * fb):g}; now {fb:g})"
+                                                        if isinstance(fb, (int, float)) else " (model.forget_bias)"))
+        if s["recurrent_init"] not in ("orthogonal", "identity"):
+            fixes.append("an orthogonal or identity recurrent init (model.recurrent_init=orthogonal)")
+        if s["seq_len"]:
+            fixes.append(f"shorter sequences (data.seq_len={max(1, s['seq_len'] // 2)}; now {s['seq_len']})")
+        elif s["order"] == "pixel":
+            fixes.append("shorter sequences (data.order=row)")
+        else:
+            fixes.append("shorter sequences")
+        return "gradients fade back through time", fixes
+    fixes = []
+    if act in SATURATING:
+        why = f"saturated {act} units" if saturated else f"{act}'s small slopes"
+        what = f"{why} and vanishing gradients"
+        fixes.append("a ReLU-family activation (model.activation=relu)"
+                     + ("" if init.startswith("kaiming") else " with He init (model.init=kaiming_normal)"))
+    else:
+        what = "gradients shrink layer by layer"
+        if act in ("relu", "leaky_relu") and not init.startswith("kaiming"):
+            fixes.append("He init (model.init=kaiming_normal)")
+        else:
+            fixes.append("a weight variance closer to the critical one (vgp theory CONFIG --critical)")
+    if s["norm"] == "none" and arch not in RECURRENT:
+        fixes.append("batch norm (model.norm=batchnorm)")
+    if not s["skip"] and arch not in RECURRENT:
+        fixes.append("skip connections (model.skip=true)")
+    return what, fixes
+
+
+def _fixes_exploding(s: dict, through_time: bool) -> tuple[str, list[str]]:
+    clip_fix = [] if s["clip"] != "none" else ["gradient clipping (train.clip.mode=norm)"]
+    if through_time:
+        fixes = ([] if s["recurrent_init"] in ("orthogonal",) else
+                 ["an orthogonal recurrent init (model.recurrent_init=orthogonal)"]) + clip_fix
+        if not fixes:
+            fixes = ["a lower learning rate" + (f" (train.optimizer.lr={s['lr'] / 10:g})" if s["lr"] else ""),
+                     "shorter sequences" + (f" (data.seq_len={max(1, s['seq_len'] // 2)})" if s["seq_len"] else "")]
+        return "gradients grow back through time", fixes
+    init = s["init"]
+    if init.startswith(("kaiming", "xavier")) or not init:
+        lower = "a lower weight variance, toward the critical one (vgp theory CONFIG --critical)"
+    else:
+        he = s["activation"] in ("relu", "leaky_relu")
+        lower = (f"a lower weight variance (model.init={'kaiming_normal' if he else 'xavier_normal'}, "
+                 "or the critical one: vgp theory CONFIG --critical)")
+    return "gradients grow layer by layer", [lower] + clip_fix
+
+
+def advice(d: dict, cfg: dict) -> str:
+    """One line of advice from both verdicts, the evidence (divergence, dead and saturated units, a
+    stalled loss) and the config: never a change the config already has."""
+    s = setup(cfg)
+    ev, th = d["evidence"], d["thresholds"]
+    v0, vl = d["verdict"], d["verdict_last"]
+    lower_lr = "a lower learning rate" + (f" (train.optimizer.lr={s['lr'] / 10:g}; now {s['lr']:g})" if s["lr"] else "")
+    items = []
+    if ev.get("diverged"):
+        if s["clip"] != "none":
+            items.append(f"the run diverged although gradients are clipped (train.clip.mode={s['clip']}): "
+                         f"{lower_lr} or a smaller init")
+        else:
+            items.append(f"the run diverged: clip gradients (train.clip.mode=norm) and use {lower_lr}")
+    bad = vl if vl in ("vanishing", "exploding") else (v0 if v0 in ("vanishing", "exploding") else None)
+    sat = [ev.get("saturation_first", math.nan), ev.get("saturation_last", math.nan)]
+    dead = [ev.get("dead_first", math.nan), ev.get("dead_last", math.nan)]
+    saturated = any(x > th["saturated"] for x in sat if math.isfinite(x))
+    if bad:
+        step = d["steps"]["last" if vl == bad else "first"]
+        depth_bad = bool(step["depth"]) and step["depth"]["verdict"] == bad
+        time_bad = any(t["verdict"] == bad for t in step["time"] or [])
+        through_time = time_bad and (not depth_bad or s["arch"] in RECURRENT)
+        what, fixes = (_fixes_vanishing(s, through_time, saturated) if bad == "vanishing"
+                       else _fixes_exploding(s, through_time))
+        when = ("" if vl == v0 else " at the last recorded step" if vl == bad
+                else f" at step 0 (training recovered: {vl} at the last recorded step); to start healthy")
+        items.append(f"{what}{when}: try {_or(fixes)}")
+        if bad == "exploding" and s["clip"] != "none" and not through_time:
+            items.append(f"clipping (train.clip.mode={s['clip']}) is on already: it bounds the update, "
+                         "not the growth from layer to layer")
+    if any(x > th["dead"] for x in dead if math.isfinite(x)):
+        fixes = []
+        if s["activation"] in ("relu", ""):
+            fixes.append("leaky_relu or elu (model.activation=leaky_relu)")
+        if not s["init"].startswith("kaiming") or s["bias_init"] not in ("zeros",):
+            fixes.append("He init with zero biases (model.init=kaiming_normal model.bias_init=zeros)")
+        if not (dead[1] <= dead[0]):  # more died during training (or step 0 unknown): the steps are too large
+            fixes.insert(0, lower_lr)
+        items.append(f"{_pct(dead[1])} of hidden units are dead at the last recorded step ({_pct(dead[0])} at "
+                     f"step 0): try {_or(fixes or [lower_lr])}")
+    if saturated and not (bad == "vanishing" and s["activation"] in SATURATING):
+        fixes = (["batch norm (model.norm=batchnorm)"] if s["norm"] == "none" and s["arch"] not in RECURRENT else []) \
+            + ([] if s["init"].startswith("xavier") or s["activation"] not in SATURATING
+               else ["Xavier init (model.init=xavier_normal)"]) + [lower_lr]
+        items.append(f"{_pct(sat[1])} of hidden units are saturated at the last recorded step ({_pct(sat[0])} at "
+                     f"step 0): try {_or(fixes)}")
+    if items:
+        return "; ".join(items)
+    if ev.get("stalled"):
+        now = f" (now {s['lr']:g})" if s["lr"] else ""
+        return (f"gradients reach every layer but the loss does not fall ({_num(ev['loss_first'])} -> "
+                f"{_num(ev['loss_last'])}): look at the learning rate{now} and the data")
+    if "healthy" in (v0, vl):
+        known = any(math.isfinite(x) for x in sat + dead)
+        return ("gradients reach every layer at a similar size" + (", few units are dead or saturated" if known else "")
+                + ": nothing to fix")
     return "too little was recorded to judge (no output_grad over two or more layers)"
 
+
+# -- the diagnosis --------------------------------------------------------------------------
 
 def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None = None) -> dict:
     """The diagnosis of one run folder as a JSON-able dict (see the module docstring)."""
@@ -284,15 +677,13 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
         axes = ([(st["verdict"], st["compounded"])] if st and st["verdict"] != "unknown" else []) + \
                [(t["verdict"], t["compounded"]) for t in ts or []]
         per_step[name] = {"depth": st, "time": ts, "verdict": combine(axes)}
-    m = run.config.get("model", {})
-    act = (m.get("activation") or {}).get("name", "") if isinstance(m.get("activation"), dict) else str(m.get("activation", ""))
-    if m.get("arch") in ("lstm", "gru"):
-        act = ""  # their gates fix their nonlinearities; model.activation is not used
+    s = setup(run.config)
+    m = run.config.get("model") or {}
     evidence = loss_evidence(run.metrics, th)
     for kind in ("saturation", "dead"):
         evidence[f"{kind}_first"] = _act_mean(g, first, kind)
         evidence[f"{kind}_last"] = _act_mean(g, last, kind)
-    if run.summary is not None and run.summary.get("status") == "diverged":
+    if run.status == "diverged":
         evidence["diverged"] = True
     d0, dl = per_step["first"]["depth"] or {}, per_step["last"]["depth"] or {}
     layers = sorted(layer_norms(g, first).index) if has_og else []
@@ -301,26 +692,28 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
     worst_time = max(times0, key=lambda t: abs(math.log(t["compounded"])) if t["compounded"] and
                      math.isfinite(t["compounded"]) and t["compounded"] > 0 else -1, default=None)
     out = {
-        "run": str(run.folder), "status": (run.summary or {}).get("status", "unfinished"),
-        "arch": m.get("arch"), "activation": act, "depth": m.get("depth"),
+        "run": str(run.folder), "status": run.status, "finished": run.finished,
+        "unfinished": run.unfinished_why() or None, "partial_files": list(run.partial), "recorded_steps": len(steps),
+        "arch": m.get("arch"), "activation": s["activation"], "depth": m.get("depth"),
         "verdict": per_step["first"]["verdict"], "verdict_last": per_step["last"]["verdict"],
         "decay_per_layer": d0.get("decay_per_layer", math.nan), "compounded": d0.get("compounded", math.nan),
         "grad_ratio": d0.get("grad_ratio", math.nan), "first_over_output": d0.get("first_over_output", math.nan),
-        "drop_layer": d0.get("drop_layer"), "decay_per_layer_last": dl.get("decay_per_layer", math.nan),
+        "drop_layer": d0.get("drop_layer"), "rise_layer": d0.get("rise_layer"),
+        "decay_per_layer_last": dl.get("decay_per_layer", math.nan),
         "decay_per_step": worst_time["decay_per_step"] if worst_time else math.nan,
         "predicted_decay_per_layer": theory.get("predicted_decay_per_layer", math.nan),
         "steps": {"first": per_step["first"], "last": per_step["last"]},
         "time": times0 or None, "evidence": evidence, "theory": theory, "thresholds": asdict(th),
     }
-    out["advice"] = _advice(out, act)
+    out["advice"] = advice(out, run.config)
     return out
 
 
-def summary_columns(folder: str | Path) -> dict:
+def summary_columns(folder: str | Path, run: Run | None = None) -> dict:
     """The columns a finished run adds to summary.csv. Never raises: a run's completion marker must
     not be lost to its analysis (the error is written into the 'verdict' column instead)."""
     try:
-        d = diagnose(folder)
+        d = diagnose(folder, run=run)
         t = d["theory"]
         return {"decay_per_layer": d["decay_per_layer"], "decay_per_layer_last": d["decay_per_layer_last"],
                 "decay_per_step": d["decay_per_step"], "verdict": d["verdict"], "verdict_last": d["verdict_last"],
@@ -332,42 +725,83 @@ def summary_columns(folder: str | Path) -> dict:
 
 # -- the report -----------------------------------------------------------------------------
 
+def _num(x, *sides, digits: int = 3) -> str:
+    """x to ``digits`` significant digits, more where needed so that the printed number lies on the
+    same side of each value in ``sides`` as x: chi_1 = 1.0037 beside 'chaotic' prints 1.004, not 1."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if not isinstance(x, (int, float, np.number)):
+        return str(x)
+    x = float(x)
+    if not math.isfinite(x):
+        return str(x)
+    for d in range(digits, 18):
+        text = format(x, f".{d}g")
+        if all((float(text) > r) == (x > r) and (float(text) < r) == (x < r) for r in sides):
+            return text
+    return repr(x)
+
+
 def _fmt(x, spec: str = ".3g") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
+def _band(s: dict, th: dict, unit: str, key: str) -> str:
+    """'; below 0.01 x output from layer 7 down' and/or '; above 100 x output ...' for one axis."""
+    out = ""
+    for side, word in (("drop", "below"), ("rise", "above")):
+        pos, count = s.get(f"{side}_{key}"), s.get(f"{side}_count")
+        if pos:
+            where = f"from {unit} {pos} down" if count in (None, pos) else f"at {count} {unit}s up to {unit} {pos}"
+            out += f"; {word} {th[side]:g} x output {where}"
+    return out
+
+
+def _rate(rate: float, per: str) -> str:
+    """'shrinks by x0.14 per layer' / 'grows by x1.27 per layer' toward the input."""
+    if not math.isfinite(rate):
+        return f"has no measurable rate per {per}"
+    return f"{'shrinks' if rate < 1 else 'grows' if rate > 1 else 'stays'} by x{_num(rate, 1)} per {per}"
+
+
 def report(d: dict) -> str:
     """A short report in rich markup: verdict, the evidence, one line of advice."""
     colour = {"vanishing": "blue", "exploding": "red", "healthy": "green"}.get(d["verdict"], "yellow")
     th, ev, t = d["thresholds"], d["evidence"], d["theory"]
-    about = ", ".join(str(v) for v in (d["arch"], f"depth {d['depth']}", d["activation"], d["status"]) if v)
-    lines = [f"[bold]{d['run']}[/bold]  ({about})",
-             f"verdict: [bold {colour}]{d['verdict']}[/] at step {d['steps']['first']['depth']['step'] if d['steps']['first']['depth'] else 0}"
-             f", {d['verdict_last']} at the last recorded step  (vanishing: compounded < {th['vanishing']:g}, "
-             f"exploding: > {th['exploding']:g})"]
+    about = ", ".join(str(v) for v in (d["arch"], f"depth {d['depth']}" if d["depth"] is not None else None,
+                                       d["activation"], d["status"]) if v)
+    sides = (th["vanishing"], th["exploding"])
+    first = d["steps"]["first"]["depth"]
+    lines = [f"[bold]{d['run']}[/bold]  ({about})"]
+    if not d["finished"]:
+        lines.append(f"  [bold yellow]unfinished[/] ({d['unfinished']}): diagnosed from the {d['recorded_steps']} "
+                     f"step(s) recorded so far" + (f" ({', '.join(d['partial_files'])})" if d["partial_files"] else ""))
+    lines.append(f"verdict: [bold {colour}]{d['verdict']}[/] at step {first['step'] if first else 0}, "
+                 f"{d['verdict_last']} at the last recorded step  (vanishing: compounded < {th['vanishing']:g}, "
+                 f"exploding: > {th['exploding']:g})")
     for name in ("first", "last"):
         s = d["steps"][name]["depth"]
         if s and s["layers"] >= 2:
             lines.append(
-                f"  step {s['step']}: output_grad decays by {_fmt(s['decay_per_layer'])} per layer "
-                f"-> x{_fmt(s['compounded'])} over {s['layers'] - 1} layers; layer 1 / output layer "
-                f"{_fmt(s['first_over_output'])}"
-                + (f"; below {th['drop']:g} x output from layer {s['drop_layer']} down" if s["drop_layer"] else "")
+                f"  step {s['step']}: output_grad {_rate(s['decay_per_layer'], 'layer')} toward the input "
+                f"-> x{_num(s['compounded'], *sides)} over {s['layers'] - 1} layers ({s['verdict']}); layer 1 / "
+                f"output layer {_num(s['first_over_output'])}" + _band(s, th, "layer", "layer")
                 + (f"; {s['zeros']} layer(s) underflowed to 0" if s["zeros"] else "")
                 + (f"; {s['nonfinite']} non-finite" if s["nonfinite"] else ""))
         for r in d["steps"][name]["time"] or []:
-            lines.append(f"  step {d['steps'][name]['depth']['step'] if d['steps'][name]['depth'] else ''} recurrent "
-                         f"layer {r['layer']}: dLoss/dh_t decays by {_fmt(r['decay_per_step'])} per time step -> "
-                         f"x{_fmt(r['compounded'])} over {r['steps'] - 1} steps ({r['verdict']})")
+            step = d["steps"][name]["depth"]["step"] if d["steps"][name]["depth"] else ""
+            lines.append(f"  step {step} recurrent layer {r['layer']}: dLoss/dh_t {_rate(r['decay_per_step'], 'time step')}"
+                         f" back in time -> x{_num(r['compounded'], *sides)} over {r['steps'] - 1} steps ({r['verdict']})"
+                         + _band({**r, "drop_count": None, "rise_count": None}, th, "time step", "t"))
     if t.get("applies"):
-        lines.append(f"  theory: sigma_w^2={_fmt(t['weight_var'])}, sigma_b^2={_fmt(t['bias_var'])}: chi_1="
-                     f"{_fmt(t['chi1'])} ({t['phase']}), predicted decay {_fmt(t['predicted_decay_per_layer'])} per "
-                     f"layer vs measured {_fmt(d['decay_per_layer'])}" + "".join(f"; {n}" for n in t["notes"]))
+        lines.append(f"  theory: sigma_w^2={_num(t['weight_var'])}, sigma_b^2={_num(t['bias_var'])}: chi_1="
+                     f"{_num(t['chi1'], 1)} ({t['phase']}), predicted decay {_num(t['predicted_decay_per_layer'], 1)} "
+                     f"per layer vs measured {_num(d['decay_per_layer'], 1)}" + "".join(f"; {n}" for n in t["notes"]))
     else:
         lines.append(f"  theory: does not apply ({t.get('reason')})")
-    loss = (f"  loss {_fmt(ev['loss_first'])} -> {_fmt(ev['loss_last'])}"
+    loss = (f"  loss {_num(ev['loss_first'])} -> {_num(ev['loss_last'])}"
             + (" [bold]stalled[/bold]" if ev["stalled"] else "") + (" [bold red]diverged[/]" if ev["diverged"] else ""))
     sat = (f"; saturated units {_fmt(ev['saturation_first'], '.0%')} -> {_fmt(ev['saturation_last'], '.0%')}, "
            f"dead units {_fmt(ev['dead_first'], '.0%')} -> {_fmt(ev['dead_last'], '.0%')} (mean over hidden layers)")

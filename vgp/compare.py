@@ -1,7 +1,9 @@
 """``vgp compare``: summary rows grouped by config keys, each metric as mean ± std over seeds.
 
-Reads only summary CSVs (a sweep folder's ``summary.csv``, or its runs' own when it has none yet, a
-run folder's, or any CSV of summary rows), never the training code. Runs from older versions that
+Reads only summary CSVs (a sweep folder's ``summary.csv``, or its runs' own when it has none yet or
+it cannot be read, a run folder's, or any CSV of summary rows), never the training code. A summary
+that cannot be read (binary, not CSV, truncated, a non-number in a metric column) is named in a
+warning and left out; unfinished runs (no ``summary.csv``) are counted in a note. Runs from older versions that
 lack a column show it empty. With several paths, a ``source`` column (the folder's name) tells them
 apart, so two sweeps can be compared side by side.
 """
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vgp import analysis
 from vgp.errors import UserError
 from vgp.registry import did_you_mean
 
@@ -25,35 +28,76 @@ def split(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
-def _read(path: Path) -> pd.DataFrame:
+def _summary(path: Path, in_folder: bool = True) -> pd.DataFrame:
+    """One summary CSV, checked (a UserError naming the file if it is not one). ``in_folder``: written
+    by vgp into a run or sweep folder, so every line ends with a newline and there is a status column."""
+    schema = analysis.SCHEMAS["summary.csv"]
+    df = analysis.read_csv(path, columns=schema["columns"] if in_folder else (), numbers=schema["numbers"],
+                           whole_lines=in_folder)
+    if len(df.columns) and not any(c.split(".")[0] in CONFIG_SECTIONS or c == "seed" for c in df.columns):
+        raise UserError(f"{path}: no config column (model.*, train.*, seed, ...): not a summary of runs")
+    return df
+
+
+def _read(path: Path, warn=analysis.warn) -> pd.DataFrame:
+    """The summary rows of a summary CSV, a run folder or a sweep folder (its summary.csv, or its runs'
+    own ones, each that cannot be read left out with a warning); a UserError naming what is wrong."""
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
     if path.is_file():
-        files = [path]
-    elif (path / "summary.csv").exists():
-        files = [path / "summary.csv"]
-    elif (path / "runs").is_dir():  # a sweep that has not written its summary yet
-        files = sorted((path / "runs").glob("*/summary.csv"))
-    else:
+        return _summary(path, in_folder=False)
+    sweep = (path / "runs").is_dir()
+    if not sweep and (path / "summary.csv").exists():
+        return _summary(path / "summary.csv")
+    if not sweep:
+        if analysis.is_run_folder(path):
+            status = _meta_status(path)
+            raise UserError(f"{path}: the run is not finished (no summary.csv"
+                            + (f"; meta.json says {status!r}" if status else "") + ")")
         raise UserError(f"{path}: not a sweep folder, run folder or summary CSV (no summary.csv in it)")
-    frames = []
-    for f in files:
+    folders = sorted(q for q in (path / "runs").iterdir() if q.is_dir())
+    left = [q.name for q in folders if not (q / "summary.csv").exists()]
+    if left:
+        analysis.note(f"{path}: {len(left)} of {len(folders)} runs not finished (no summary.csv), not compared: "
+                      + ", ".join(left[:3]) + (", ..." if len(left) > 3 else ""))
+    if (path / "summary.csv").exists():
         try:
-            frames.append(pd.read_csv(f))
-        except pd.errors.EmptyDataError:
-            continue
-        except (OSError, pd.errors.ParserError) as e:
-            raise UserError(f"{f}: cannot read it as CSV ({e})") from None
+            return _summary(path / "summary.csv")
+        except UserError as e:
+            warn(f"{e}; reading its runs' own summaries instead")
+    frames = []
+    for q in folders:
+        if (q / "summary.csv").exists():
+            try:
+                frames.append(_summary(q / "summary.csv"))
+            except UserError as e:
+                warn(f"{e}; left out")
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def load(paths: list[Path]) -> pd.DataFrame:
-    """All summary rows of ``paths``, a ``source`` column naming each path when there are several."""
+def _meta_status(folder: Path) -> str | None:
+    try:
+        return analysis.read_json(folder / "meta.json").get("status") if (folder / "meta.json").exists() else None
+    except UserError:
+        return None
+
+
+def load(paths: list[Path], warn=analysis.warn) -> pd.DataFrame:
+    """All summary rows of ``paths``, a ``source`` column naming each path when there are several.
+    Among several paths, one that exists but cannot be read is left out with a ``warn`` line."""
     labels = [Path(p).name if Path(p).name != "summary.csv" else Path(p).parent.name for p in paths]
     if len(set(labels)) < len(labels):  # two sweeps of the same name: their paths tell them apart
         labels = [str(p) for p in paths]
     frames = []
     for p, label in zip(paths, labels):
-        df = _read(p)
+        try:
+            df = _read(p, warn)
+        except UserError as e:
+            if len(paths) == 1 or not Path(p).exists():
+                raise
+            warn(f"{e}; left out")
+            continue
         if len(paths) > 1:
             df.insert(0, "source", label)
         frames.append(df)
@@ -98,10 +142,11 @@ def varying(df: pd.DataFrame) -> list[str]:
 
 
 def compare(paths: list[Path], by: list[str] | None = None, metrics: list[str] | None = None,
-            where: list[str] = ()) -> pd.DataFrame:
+            where: list[str] = (), warn=analysis.warn) -> pd.DataFrame:
     """One row per group: the ``by`` columns, ``n`` (runs), ``diverged`` (how many of them), and for each
-    metric ``<metric>_mean`` and ``<metric>_std`` (over seeds; empty for a single run)."""
-    df = _filter(load(paths), list(where))
+    metric ``<metric>_mean`` and ``<metric>_std`` (over seeds; empty for a single run). Summaries that
+    cannot be read are left out, each with a ``warn`` line."""
+    df = _filter(load(paths, warn), list(where))
     by = [resolve(df, k) for k in by] if by else varying(df)
     if "source" in df.columns and "source" not in by:  # several sweeps: side by side
         by.insert(0, "source")
@@ -167,7 +212,24 @@ def show(table: pd.DataFrame) -> None:
     console.print(t)
 
 
+def check_csv_path(path: Path) -> None:
+    """Refuse, before any work, a --csv path that names a folder or lies under a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--csv {path}: a folder; give a file name, e.g. {path / 'compare.csv'}")
+    above = path.parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise UserError(f"--csv {path}: cannot be created, {above} is a file")
+
+
 def write_csv(table: pd.DataFrame, path: Path) -> None:
     from vgp.results import atomic_write
 
-    atomic_write(Path(path), table.to_csv(index=False))
+    check_csv_path(path)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(path), table.to_csv(index=False))
+    except OSError as e:
+        raise UserError(f"--csv {path}: cannot write it ({e.strerror or e})") from None

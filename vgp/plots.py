@@ -33,30 +33,16 @@ from vgp.errors import UserError  # noqa: E402
 from vgp.registry import did_you_mean  # noqa: E402
 
 KINDS = ("profile", "heatmap", "time", "training", "summary")
+METRICS = ["step", "loss", "acc", "grad_norm", "grad_norm_clipped", "test_loss", "test_acc"]  # what training draws
 IGNORED_KEYS = ("name", "out", "log.kinds", "device")  # differ between runs without describing them
 
 
 # -- finding runs and naming them ---------------------------------------------------------
 
-def _is_run(p: Path) -> bool:
-    return (p / "grad_norms.csv").exists() or (p / "grad_norms.csv.partial").exists()
-
-
-def find_runs(paths) -> list[analysis.Run]:
-    """Run folders named directly, inside a sweep (``<sweep>/runs/<id>/``) or inside a results folder."""
-    runs = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise UserError(f"{p}: no such file or folder")
-        if _is_run(p):
-            runs.append(analysis.read_run(p))
-            continue
-        base = p / "runs" if (p / "runs").is_dir() else p
-        found = sorted(q for q in base.iterdir() if q.is_dir() and _is_run(q)) if base.is_dir() else []
-        if not found:
-            raise UserError(f"{p}: neither a run folder (no grad_norms.csv) nor a folder of runs")
-        runs += [analysis.read_run(q) for q in found]
-    return runs
+def find_runs(paths, warn=analysis.warn) -> list[analysis.Run]:
+    """Run folders named directly, inside a sweep (``<sweep>/runs/<id>/``) or inside a results folder;
+    among several, one that cannot be read is left out with a warning (:func:`vgp.analysis.find_runs`)."""
+    return analysis.find_runs(paths, warn)
 
 
 def _ordered(runs) -> list:
@@ -124,12 +110,21 @@ def _masked_note(zeros: int, bad: int) -> str:
     return f"\n(not drawn: {', '.join(parts)} values)" if parts else ""
 
 
-def _pick_steps(steps, chosen=None, n: int = 5) -> list[int]:
+def _unfinished(runs) -> str:
+    """' (unfinished)' for one run, '\n(2 of 8 runs unfinished: ...)' for a group, '' if all finished."""
+    n = sum(not r.finished for r in runs)
+    if not n:
+        return ""
+    return " (unfinished)" if len(runs) == 1 else f"\n({n} of {len(runs)} runs unfinished: drawn as far as they got)"
+
+
+def _pick_steps(steps, chosen=None, n: int = 5, where: str = "") -> list[int]:
     steps = sorted(int(s) for s in steps)
     if chosen:
         missing = [s for s in chosen if s not in steps]
         if missing:
-            raise UserError(f"step(s) {missing} not recorded (recorded: {steps[0]}..{steps[-1]}, {len(steps)} steps)")
+            recorded = f"{steps[0]}..{steps[-1]}, {len(steps)} steps" if steps else "none"
+            raise UserError(f"{where}step(s) {missing} not recorded (recorded: {recorded})")
         return list(chosen)
     if len(steps) <= n:
         return steps
@@ -146,13 +141,33 @@ def _log_if_wide(ax, decades: float = 1.0) -> None:
         ax.set_yscale("log")
 
 
+def _check_out(out: Path, one_file: bool) -> None:
+    """Refuse, before drawing anything, an output path that cannot be what it has to be."""
+    if one_file:
+        if out.is_dir():
+            raise UserError(f"-o {out}: a folder; one kind is drawn into a file (e.g. {out / 'profile.png'}), "
+                            "every kind into a folder (--kind all)")
+        if out.suffix.lower() not in (".png", ".svg"):
+            raise UserError(f"{out}: write .png or .svg")
+    elif out.exists() and not out.is_dir():
+        raise UserError(f"-o {out}: a file; with --kind all, -o names a folder for the figures")
+    above = out.parent if one_file else out
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise UserError(f"-o {out}: cannot be created, {above} is a file")
+
+
 def _save(fig, out: Path) -> Path:
     out = Path(out)
-    if out.suffix.lower() not in (".png", ".svg"):
-        raise UserError(f"{out}: write .png or .svg")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        _check_out(out, one_file=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=100, bbox_inches="tight")
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -172,7 +187,7 @@ def profile(runs, out, steps=None) -> Path:
         i = index[names[r]]
         g = run.grads
         recorded = sorted(g.step.unique())
-        chosen = _pick_steps(recorded, steps, n=1 if group else 5)
+        chosen = _pick_steps(recorded, steps, n=1 if group else 5, where=f"{run.folder}: " if group else "")
         cmap = plt.cm.viridis(np.linspace(0, 0.9, len(chosen)))
         for j, step in enumerate(chosen):
             colour = colours[i] if group else cmap[j]
@@ -204,7 +219,7 @@ def profile(runs, out, steps=None) -> Path:
     else:
         axes[0].legend(fontsize=8, title=title, title_fontsize=8)
     title = ("gradient norm by layer" + (f", step {chosen[0]}" if group else "") +
-             (f" - {runs[0].name}" if not group else "") + _masked_note(zeros, bad))
+             (f" - {runs[0].name}" if not group else "") + _unfinished(runs) + _masked_note(zeros, bad))
     fig.suptitle(title)
     return _save(fig, out)
 
@@ -239,7 +254,8 @@ def heatmap(runs, out) -> Path:
         ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         fig.colorbar(mesh, ax=ax, label="log10 output_grad")
         masked = int((~ok).sum())
-        ax.set_title(name + (f"\n(grey: {masked} zero or NaN/inf values)" if masked else ""), fontsize=9)
+        ax.set_title(name + ("" if run.finished else " (unfinished)") +
+                     (f"\n(grey: {masked} zero or NaN/inf values)" if masked else ""), fontsize=9)
     fig.suptitle("log10 ||dLoss/dz_l|| by layer and step")
     fig.tight_layout()
     return _save(fig, out)
@@ -284,20 +300,20 @@ def training(runs, out) -> Path:
     bad = 0
     for i, run in enumerate(runs):
         c = plt.cm.tab10.colors[i % 10]
-        m = run.metrics
-        tr = m.dropna(subset=["loss"]) if "loss" in m else m.iloc[:0]
-        te = m.dropna(subset=["test_loss"]) if "test_loss" in m else m.iloc[:0]
+        m = run.metrics.reindex(columns=list(dict.fromkeys(list(run.metrics.columns) + METRICS)))  # old runs: empty
+        tr, te = m.dropna(subset=["loss"]), m.dropna(subset=["test_loss"])
+        name = names[i] + ("" if run.finished or len(runs) == 1 else " (unfinished)")
         x, y, _, b = _positive(tr.step, tr.loss)
         bad += b
-        axes[0].plot(x, y, color=c, label=names[i])
+        axes[0].plot(x, y, color=c, label=name)
         axes[0].plot(te.step, te.test_loss, "o--", ms=3, color=c, label="test" if len(runs) == 1 else None)
-        if "acc" in m and tr.acc.notna().any():
-            axes[1].plot(tr.step, tr.acc, color=c, label=names[i])
+        if tr.acc.notna().any():
+            axes[1].plot(tr.step, tr.acc, color=c, label=name)
             axes[1].plot(te.step, te.test_acc, "o--", ms=3, color=c, label="test" if len(runs) == 1 else None)
         x, y, _, b = _positive(tr.step, tr.grad_norm)
         bad += b
-        axes[2].plot(x, y, color=c, label="before clipping" if len(runs) == 1 else names[i])
-        if "grad_norm_clipped" in tr and not np.allclose(tr.grad_norm, tr.grad_norm_clipped, equal_nan=True):
+        axes[2].plot(x, y, color=c, label="before clipping" if len(runs) == 1 else name)
+        if not np.allclose(tr.grad_norm, tr.grad_norm_clipped, equal_nan=True):
             x, y, _, _ = _positive(tr.step, tr.grad_norm_clipped)
             axes[2].plot(x, y, ":", color=c, label="after clipping" if len(runs) == 1 else None)
     axes[0].set_ylabel("loss")
@@ -310,21 +326,23 @@ def training(runs, out) -> Path:
         ax.grid(True, alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    if not axes[1].lines:
+    if not any(len(r.metrics) for r in runs):
+        axes[1].text(0.5, 0.5, "no metrics recorded yet", ha="center", transform=axes[1].transAxes)
+    elif not axes[1].lines:
         axes[1].text(0.5, 0.5, "regression: no accuracy", ha="center", transform=axes[1].transAxes)
-    fig.suptitle("training" + (f" - {runs[0].name}" if len(runs) == 1 else "") +
+    fig.suptitle("training" + (f" - {runs[0].name}" if len(runs) == 1 else "") + _unfinished(runs).replace("\n", " ") +
                  (f"  (not drawn: {bad} NaN/inf values - diverged)" if bad else ""))
     fig.tight_layout()
     return _save(fig, out)
 
 
 def summary_table(runs) -> pd.DataFrame:
-    """One row per finished run: flattened config + summary columns (diagnosed where missing)."""
+    """One row per run: flattened config + summary columns (diagnosed where missing: older or unfinished runs)."""
     rows = []
     for r in runs:
-        row = {**_flat(r), **(r.summary or {})}
+        row = {**_flat(r), **(r.summary or {"status": r.status})}
         if "verdict" not in row or "decay_per_layer" not in row:
-            row.update(analysis.summary_columns(r.folder))
+            row.update(analysis.summary_columns(r.folder, r))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -384,12 +402,20 @@ def summary(runs, out, x: str | None = None, y: str = "decay_per_layer", by: str
 
 
 def plot(paths, kind: str = "all", out: str | Path | None = None, steps=None, x=None, y="decay_per_layer",
-         by=None, fmt: str = "png") -> list[Path]:
-    """Draw one kind (to ``out``, a file) or all that apply (into ``out``, a folder). Returns the files."""
+         by=None, fmt: str = "png", warn=analysis.warn) -> list[Path]:
+    """Draw one kind (to ``out``, a file) or all that apply (into ``out``, a folder). Returns the files.
+
+    Among several runs, one that cannot be read is left out with a ``warn`` line; unfinished runs
+    are drawn from the steps they recorded, with a note on standard error."""
     if kind not in KINDS + ("all",):
         raise UserError(f"unknown plot kind '{kind}'{did_you_mean(kind, KINDS + ('all',))} "
                         f"(valid: {', '.join(KINDS)}, all)")
-    runs = _ordered(find_runs(paths))
+    if out is not None:
+        _check_out(Path(out), one_file=kind != "all")
+    runs = _ordered(find_runs(paths, warn))
+    note = analysis.unfinished_note(runs)
+    if note:
+        analysis.note(note)
     group = len(runs) > 1
     first = Path(paths[0])
     base = Path(out) if out is not None else first / "plots"
