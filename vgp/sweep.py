@@ -255,17 +255,53 @@ def lock_path(sweep_dir: Path, name: str) -> Path:
 
 def collect(sweep_dir: Path, order: list[str] = ()) -> tuple[list[dict], list[str]]:
     """The summary rows of every finished run in ``<sweep_dir>/runs`` (in ``order`` first, then by id)
-    and the union of their columns, in order of first appearance."""
+    and the union of their columns, in order of first appearance. A run summary that cannot be read
+    (binary, not CSV, cut short, empty, no status column, a metric that is not a number) is left out
+    with a warning line on stderr."""
+    import sys
+
+    from vgp.analysis import SCHEMAS
+
+    def _is_number(text: str) -> bool:
+        try:
+            float(text)
+            return True
+        except ValueError:
+            return False
+
+    numbers = SCHEMAS["summary.csv"]["numbers"]
     runs = Path(sweep_dir) / "runs"
     names = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
     rank = {n: i for i, n in enumerate(order)}
     names.sort(key=lambda n: (rank.get(n, len(rank)), n))
     rows, columns = [], {}
     for n in names:
+        path = runs / n / "summary.csv"
         try:
-            with open(runs / n / "summary.csv", newline="") as f:
-                got = list(csv.DictReader(f))
-        except OSError:
+            with open(path, newline="", encoding="utf-8") as f:
+                text = f.read()
+            got = list(csv.DictReader(text.splitlines(keepends=True)))
+        except FileNotFoundError:  # not finished
+            continue
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            got, problem = [], f"cannot be read as CSV text ({type(e).__name__}: {e})"
+        else:
+            problem = None
+            if "\0" in text:
+                problem = "binary data (a NUL byte)"
+            elif not got:
+                problem = "empty" if not text.strip() else "no row"
+            elif not text.endswith("\n"):  # vgp ends every line with one
+                problem = "cut short (its last line is incomplete)"
+            elif any(None in r or None in r.values() for r in got):
+                problem = "a row whose fields do not match the header"
+            elif "status" not in got[0]:
+                problem = "no status column"
+            else:
+                problem = next((f"{c} is {r[c]!r}, not a number" for r in got for c in numbers
+                                if r.get(c) and not _is_number(r[c])), None)
+        if problem:
+            print(f"vgp: warning: {path}: {problem}; left out of the sweep summary", file=sys.stderr)
             continue
         for r in got:
             rows.append(r)
