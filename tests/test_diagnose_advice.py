@@ -135,6 +135,14 @@ def test_healthy_net_without_dead_or_saturated_units_has_nothing_to_fix(tmp_path
     assert "nothing to fix" in d["advice"]
 
 
+def test_relu_units_on_their_flat_side_are_not_called_saturated(tmp_path):
+    """Half of a ReLU's units sit at 0 on any input: that is its shape, not a problem to fix."""
+    og = {0: geometric(0.95, 6), 100: geometric(0.97, 6)}
+    conf = cfg({"activation": {"name": "relu"}, "init": {"name": "kaiming_normal"}, "depth": 5})
+    d = analysis.diagnose(synthetic(tmp_path / "relu", og, conf, saturation={0: 0.5, 100: 0.52}, dead={0: 0, 100: 0}))
+    assert d["advice"] == "gradients reach every layer at a similar size, few units are dead: nothing to fix"
+
+
 def test_saturated_units_at_the_last_step_are_called_out(tmp_path):
     og = {0: geometric(0.95, 6), 100: geometric(0.97, 6)}
     conf = cfg({"activation": {"name": "tanh"}, "depth": 5, "norm": "batchnorm"})
@@ -157,6 +165,9 @@ def test_a_net_that_clips_is_not_told_to_clip(tmp_path):
     d = analysis.diagnose(synthetic(tmp_path / "boom", og, cfg(clip="norm", lr=1.0), status="diverged", losses=losses))
     assert "diverged although gradients are clipped" in d["advice"] and "train.optimizer.lr=0.1" in d["advice"]
     assert "clip gradients" not in d["advice"]
+    d = analysis.diagnose(synthetic(tmp_path / "boom2", og, cfg(clip="none", lr=1.0), status="diverged", losses=losses))
+    assert d["advice"].startswith("the run diverged: clip gradients (train.clip.mode=norm)")
+    assert d["advice"].count("train.clip.mode=norm") == 1  # said once, not again for the growth
 
 
 def test_init_already_he_or_xavier_is_not_advised_again(tmp_path):
@@ -231,10 +242,10 @@ def test_real_exploding_run_is_reported_above_the_band(tmp_path):
     """relu with sigma_w^2 = 4: sqrt(2) per layer, x256 over 16 layers."""
     c = config.from_dict(tiny(name="relu4", model__depth=16, model__width=64, model__activation="relu",
                               model__init={"name": "variance_scaling", "scale": 4.0}, model__bias_init="zeros",
-                              train__steps=2))
+                              train__steps=2, train__optimizer={"name": "sgd", "lr": 1e-4}))
     r = run(c, out=tmp_path, quiet=True)
     d = analysis.diagnose(r.folder)
-    assert d["verdict"] == "exploding" and d["drop_layer"] is None and d["rise_layer"] is not None
+    assert r.status == "completed" and d["verdict"] == "exploding" and d["drop_layer"] is None and d["rise_layer"] is not None
     text = plain(d)
     assert f"above 100 x output from layer {d['rise_layer']} down" in text and "below 0.01" not in text
     og = pd.read_csv(r.folder / "grad_norms.csv").query("step == 0 and kind == 'output_grad'").set_index("layer").value

@@ -119,15 +119,17 @@ def read_csv(path: str | Path, columns=(), integers=(), numbers=(), texts=(), pa
             text = text[:text.rfind("\n") + 1]
         elif whole_lines:
             raise UserError(f"{path}: truncated: its last line (line {text.count(chr(10)) + 1}) is incomplete")
-    if not text.strip():
+    if not text or text.isspace():
         return pd.DataFrame(columns=list(columns))
     try:
         reader = csv.reader(io.StringIO(text))
         header = next(reader)
-        for row in reader:
-            if len(row) != len(header):
-                raise UserError(f"{path}: line {reader.line_num} has {len(row)} fields, the header {len(header)}"
-                                + (" (an empty line)" if not row else ""))
+        # every row as long as the header: counted fast where nothing is quoted, found row by row where not
+        if '"' in text or text.count(",") != (len(header) - 1) * text.count("\n"):
+            for row in reader:
+                if len(row) != len(header):
+                    raise UserError(f"{path}: line {reader.line_num} has {len(row)} fields, the header {len(header)}"
+                                    + (" (an empty line)" if not row else ""))
         df = pd.read_csv(io.StringIO(text), skip_blank_lines=False)
     except (csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
         raise UserError(f"{path}: not a valid CSV file ({_first_line(e)})") from None
@@ -623,6 +625,8 @@ def advice(d: dict, cfg: dict) -> str:
         through_time = time_bad and (not depth_bad or s["arch"] in RECURRENT)
         what, fixes = (_fixes_vanishing(s, through_time, saturated) if bad == "vanishing"
                        else _fixes_exploding(s, through_time))
+        if ev.get("diverged"):  # clipping is already the first thing said about the divergence
+            fixes = [f for f in fixes if not f.startswith("gradient clipping")] or fixes
         when = ("" if vl == v0 else " at the last recorded step" if vl == bad
                 else f" at step 0 (training recovered: {vl} at the last recorded step); to start healthy")
         items.append(f"{what}{when}: try {_or(fixes)}")
@@ -639,12 +643,14 @@ def advice(d: dict, cfg: dict) -> str:
             fixes.insert(0, lower_lr)
         items.append(f"{_pct(dead[1])} of hidden units are dead at the last recorded step ({_pct(dead[0])} at "
                      f"step 0): try {_or(fixes or [lower_lr])}")
-    if saturated and not (bad == "vanishing" and s["activation"] in SATURATING):
+    # saturation is the flat tails of sigmoid-like units (for ReLU, half its units sit on the flat side by design);
+    # for a vanishing net it is already the reason given above
+    if saturated and s["activation"] in SATURATING and bad != "vanishing":
         fixes = (["batch norm (model.norm=batchnorm)"] if s["norm"] == "none" and s["arch"] not in RECURRENT else []) \
-            + ([] if s["init"].startswith("xavier") or s["activation"] not in SATURATING
-               else ["Xavier init (model.init=xavier_normal)"]) + [lower_lr]
+            + ([] if s["init"].startswith("xavier") else ["Xavier init (model.init=xavier_normal)"]) \
+            + ([lower_lr] if not (sat[1] <= sat[0]) else [])
         items.append(f"{_pct(sat[1])} of hidden units are saturated at the last recorded step ({_pct(sat[0])} at "
-                     f"step 0): try {_or(fixes)}")
+                     f"step 0): try {_or(fixes or [lower_lr])}")
     if items:
         return "; ".join(items)
     if ev.get("stalled"):
@@ -652,9 +658,10 @@ def advice(d: dict, cfg: dict) -> str:
         return (f"gradients reach every layer but the loss does not fall ({_num(ev['loss_first'])} -> "
                 f"{_num(ev['loss_last'])}): look at the learning rate{now} and the data")
     if "healthy" in (v0, vl):
-        known = any(math.isfinite(x) for x in sat + dead)
-        return ("gradients reach every layer at a similar size" + (", few units are dead or saturated" if known else "")
-                + ": nothing to fix")
+        measured = [word for word, xs in (("dead", dead), ("saturated", sat if s["activation"] in SATURATING else []))
+                    if any(math.isfinite(x) for x in xs)]
+        return ("gradients reach every layer at a similar size"
+                + (f", few units are {' or '.join(measured)}" if measured else "") + ": nothing to fix")
     return "too little was recorded to judge (no output_grad over two or more layers)"
 
 
