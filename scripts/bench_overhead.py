@@ -4,8 +4,9 @@ Same model (built by vgp, so the networks are identical), same data on the devic
 order, same optimizer and steps, in one process; repetitions are interleaved and the median
 taken, so that drift of the machine hits every variant alike. Prints the ratios.
 
-    python scripts/bench_overhead.py                       # 20-layer width-256 MLP, CPU
+    python scripts/bench_overhead.py                       # 20-layer width-256 tanh MLP, CPU
     python scripts/bench_overhead.py --device cuda --steps 2000
+    python scripts/bench_overhead.py --activation gelu     # saturation from phi'(z), not from h
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def make_cfg(args, every: int, kinds=None) -> config.Config:
     log = {"every": every, **({"kinds": kinds} if kinds else {})}
     return config.from_dict({
         "name": f"bench-every{every}", "device": args.device,
-        "model": {"depth": args.depth, "width": args.width, "activation": "tanh", "init": "xavier_normal"},
+        "model": {"depth": args.depth, "width": args.width, "activation": args.activation, "init": "xavier_normal"},
         "data": {"name": "teacher", "dim": 64, "n_train": 8192, "n_test": 256},
         "train": {"steps": args.steps, "batch_size": args.batch_size, "eval_every": 10**9,
                   "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}},
@@ -72,6 +73,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--width", type=int, default=256)
+    p.add_argument("--activation", default="tanh", help="a registered activation's name")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--repeats", type=int, default=5)
@@ -93,8 +95,8 @@ def main():
             for name, cfg in variants.items():
                 times[name].append(bare(make_cfg(args, 1)) if cfg is None else vgp_loop(cfg, out))
     base = statistics.median(times["bare loop"])
-    print(f"{args.depth}-layer width-{args.width} MLP, batch {args.batch_size}, {args.steps} steps on "
-          f"{args.device} ({torch.get_num_threads()} threads), median of {args.repeats}:")
+    print(f"{args.depth}-layer width-{args.width} {args.activation} MLP, batch {args.batch_size}, "
+          f"{args.steps} steps on {args.device} ({torch.get_num_threads()} threads), median of {args.repeats}:")
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"  {name:38s} {1000 * med / args.steps:6.2f} ms/step  {med / base:5.3f}x bare")

@@ -30,25 +30,21 @@ class Activation:
     dphi_max: float  # max |phi'(x)| over x: saturation is |phi'| below 5% of this
     kaiming: str  # nonlinearity for torch.nn.init.kaiming_*
     kaiming_param: float | None = None  # negative slope for leaky_relu
-    # saturated(h, out=None) -> 0/1 floats: |phi'(z)| < 5% of its max, read off the output h = phi(z),
-    # written into out if given. None: the recorder evaluates dphi on the pre-activation z (slower).
+    # saturated(h, out=None) -> 0/1 floats: |phi'(z)| < 5% of its max, read off the output h = phi(z)
+    # with one exact comparison, written into out if given (out may be h's scratch copy). None: the
+    # recorder evaluates dphi on the pre-activation z (slower).
     saturated: Callable[..., torch.Tensor] | None = None
 
 
-def above(x: torch.Tensor, c: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(x > c) as 0./1. floats, with arithmetic only, into ``out`` if given (it may be x itself).
+def compare(op, x: torch.Tensor, c: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``op(x, c)`` (torch.gt, torch.lt, torch.le) as 0./1. floats, into ``out`` (it may be x itself).
 
-    On the CPU, comparisons and boolean reductions run about four times slower than float
-    arithmetic, and a fresh multi-megabyte temporary costs page faults on every step; this keeps
-    the recorder's saturation measure cheap. Exact wherever x - c is not below 1e-38
-    (fl(x - c) > 0 exactly when x > c).
+    A real comparison, so exact for every x, tiny and subnormal ones included (arithmetic tricks
+    such as clamp((x - c) * 1e38, 0, 1) are not: 1e-40 * 1e38 is 0.01). Written straight into a
+    float buffer it costs on the CPU what one float op does; a boolean result would cost more to
+    count, and a fresh multi-megabyte tensor per step costs page faults.
     """
-    return torch.sub(x, c, out=out).mul_(1e38).clamp_(0, 1)
-
-
-def not_above(x: torch.Tensor, c: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(x <= c) as 0./1. floats."""
-    return above(x, c, out).neg_().add_(1)
+    return op(x, c, out=torch.empty_like(x) if out is None else out)
 
 
 def _never(h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,20 +79,22 @@ def identity():
 def sigmoid():
     # h(1-h) < 0.05/4  <=>  |h - 1/2| > sqrt(1/4 - 0.05/4)
     return Activation("sigmoid", nn.Sigmoid, torch.sigmoid, _sig_d, 0.25, "sigmoid",
-                      saturated=lambda h, out=None: above(torch.sub(h, 0.5, out=out).abs_(),
-                                                          math.sqrt(0.25 * (1 - SAT)), out))
+                      saturated=lambda h, out=None: compare(torch.gt, torch.sub(h, 0.5, out=out).abs_(),
+                                                            math.sqrt(0.25 * (1 - SAT)), out))
 
 
 @ACTIVATIONS.register("tanh", "hyperbolic tangent; derivative at most 1")
 def tanh():
+    # 1 - h^2 < 0.05  <=>  |h| > sqrt(0.95)
     return Activation("tanh", nn.Tanh, torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, 1.0, "tanh",
-                      saturated=lambda h, out=None: above(torch.abs(h, out=out), math.sqrt(1 - SAT), out))  # 1 - h^2 < 0.05
+                      saturated=lambda h, out=None: compare(torch.gt, torch.abs(h, out=out), math.sqrt(1 - SAT), out))
 
 
 @ACTIVATIONS.register("relu", "max(0, x)")
 def relu():
+    # phi' = 0 where z <= 0, i.e. where h <= 0
     return Activation("relu", nn.ReLU, F.relu, lambda x: (x > 0).to(x.dtype), 1.0, "relu",
-                      saturated=lambda h, out=None: not_above(h, 0.0, out))  # phi' = 0 where z <= 0, i.e. h = 0
+                      saturated=lambda h, out=None: compare(torch.le, h, 0.0, out))
 
 
 @ACTIVATIONS.register("leaky_relu", "max(x, negative_slope * x)")
@@ -110,8 +108,8 @@ def leaky_relu(negative_slope: float = 0.01):
         max(1.0, abs(a)),
         "leaky_relu",
         a,
-        # phi' = a where z <= 0 (h <= 0): saturated there when |a| < 5% of max(1, |a|)
-        saturated=(lambda h, out=None: not_above(h, 0.0, out)) if abs(a) < SAT else _never,
+        # phi' = a where z <= 0 (h <= 0, a being in [0, 1]): saturated there when a < 5% of 1
+        saturated=(lambda h, out=None: compare(torch.le, h, 0.0, out)) if abs(a) < SAT else _never,
     )
 
 
@@ -124,12 +122,19 @@ def elu(alpha: float = 1.0):
         lambda x: torch.where(x > 0, torch.ones_like(x), alpha * torch.exp(torch.clamp(x, max=0))),
         max(1.0, alpha),
         "relu",
-        # where z <= 0, phi' = alpha e^z = h + alpha; with alpha >= 5% of the max that is the only
-        # place it can be small (else fall back to phi'(z))
-        saturated=(lambda h, out=None: not_above(h, SAT * max(1.0, alpha) - alpha, out))
-        if alpha >= SAT * max(1.0, alpha)
-        else None,
+        saturated=_elu_saturated(alpha),
     )
+
+
+def _elu_saturated(alpha: float):
+    """ELU's saturation read off h (alpha >= 0): where z <= 0 (h <= 0), phi' = alpha e^z = h + alpha;
+    where z > 0, phi' = 1, saturated only when alpha > 20 (then phi'(z) is used)."""
+    top = max(1.0, alpha)  # max |phi'|
+    if 1.0 < SAT * top:
+        return None  # both sides can be saturated: two comparisons, done on z by the recorder
+    if alpha < SAT * top:  # all of z <= 0
+        return lambda h, out=None: compare(torch.le, h, 0.0, out)
+    return lambda h, out=None: compare(torch.lt, h, SAT * top - alpha, out)
 
 
 _SELU_A, _SELU_S = 1.6732632423543772, 1.0507009873554805
@@ -144,7 +149,8 @@ def selu():
         lambda x: _SELU_S * torch.where(x > 0, torch.ones_like(x), _SELU_A * torch.exp(torch.clamp(x, max=0))),
         _SELU_S * _SELU_A,
         "linear",  # PyTorch's docs: use nonlinearity='linear' for self-normalizing nets
-        saturated=lambda h, out=None: not_above(h, -(1 - SAT) * _SELU_S * _SELU_A, out),  # phi' = h + s a, z <= 0
+        # where z <= 0, phi' = s a e^z = h + s a; where z > 0 it is s, never 5% of s a
+        saturated=lambda h, out=None: compare(torch.lt, h, -(1 - SAT) * _SELU_S * _SELU_A, out),
     )
 
 
@@ -160,14 +166,16 @@ def silu():
 
 @ACTIVATIONS.register("softsign", "x / (1 + |x|)")
 def softsign():
+    # phi' = (1 - |h|)^2 < 0.05  <=>  |h| > 1 - sqrt(0.05)
     return Activation("softsign", nn.Softsign, F.softsign, lambda x: 1 / (1 + x.abs()) ** 2, 1.0, "linear",
-                      saturated=lambda h, out=None: above(torch.abs(h, out=out), 1 - math.sqrt(SAT), out))  # (1-|h|)^2
+                      saturated=lambda h, out=None: compare(torch.gt, torch.abs(h, out=out), 1 - math.sqrt(SAT), out))
 
 
 @ACTIVATIONS.register("softplus", "log(1 + e^x); derivative is the sigmoid")
 def softplus():
+    # phi' = sigmoid(z) = 1 - e^-h < 0.05  <=>  h < -log(0.95)
     return Activation("softplus", nn.Softplus, F.softplus, torch.sigmoid, 1.0, "relu",
-                      saturated=lambda h, out=None: not_above(h, -math.log(1 - SAT), out))  # phi' = 1 - e^-h < 0.05
+                      saturated=lambda h, out=None: compare(torch.lt, h, -math.log(1 - SAT), out))
 
 
 def get(spec: dict) -> Activation:

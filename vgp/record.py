@@ -15,8 +15,11 @@ The gradient hooks take each layer's output-gradient norm as the gradient arrive
 norm, not the gradient, lets the allocator reuse its memory during the backward pass); other
 norms of many tensors are taken with one ``torch._foreach_norm`` call; activation statistics
 of equally shaped layers in one stacked op; saturation is read off the activation's output
-where its derivative allows, with float arithmetic rather than comparisons
-(see ``activations.above``).
+where its derivative allows, with comparisons written into a float buffer
+(see ``activations.compare``). The statistics must stay right where vgp looks: in vanishing
+layers (activations of 1e-24, or subnormal ones below 1.2e-38) and in saturated ones (a
+sigmoid's 0.99 +- 1e-4), see ``_mean_std``; the values are float64, as a std can be far below
+float32's range.
 The caller converts the result to Python once per recorded step (one host synchronisation).
 """
 
@@ -26,7 +29,7 @@ import math
 
 import torch
 
-from vgp.activations import SAT as SATURATION, Activation, not_above
+from vgp.activations import SAT as SATURATION, Activation
 from vgp.config import KINDS  # weight_grad, bias_grad, output_grad, weight, update_ratio, act_*
 from vgp.models import Tracked
 
@@ -36,6 +39,36 @@ ACT_KINDS = ("act_mean", "act_std", "saturation", "dead")
 def _norms(tensors: list) -> list[torch.Tensor]:
     """Frobenius norms, as 0-d tensors; one fused call for all of them."""
     return list(torch._foreach_norm(tensors)) if tensors else []
+
+
+def _mean_std(h: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """Mean and population std over dims 1 and 2 of h (G, B, U) float32, as float64 (G,) tensors;
+    h is overwritten (one pass fewer than a copy).
+
+    Right to float32 rounding for any values: tiny ones (squares of numbers below 1e-19
+    underflow in float32, and a std of subnormal activations is below float32's range) and nearly
+    constant ones (for a saturated sigmoid's 0.99 +- 1e-4, E[h^2] - mean^2 cancels to noise).
+    Each layer is scaled by a power of two, which is exact, so that its largest |h| lies in
+    [0.5, 1); then centred on its mean, and the mean of what is left corrects the rounded mean
+    (the corrected two-pass algorithm of Chan, Golub and LeVeque; for a layer of equal entries the
+    two cancel exactly, std 0). ``lo``, ``hi``: (G, U) minimum and maximum over the batch.
+    """
+    count = h.shape[1] * h.shape[2]
+    smallest, largest = lo.amin(1), hi.amax(1)  # (G,)
+    exp = torch.frexp(torch.maximum(largest, smallest.neg())).exponent.clamp_(-126, 126)
+    scale = ((127 - exp) << 23).view(torch.float32)  # the bits of 2**-exp, a normal float32
+    x = h.mul_(scale[:, None, None])  # largest |x| in [0.5, 1) (at least 2**-23 if subnormal, below 4)
+    m = x.sum((1, 2)).div_(count)
+    x.sub_(m[:, None, None])
+    rest = x.sum((1, 2))  # count times what the rounded m missed
+    # a sum of squares, not vector_norm: on the CPU that adds in one float32 chain (2e-5 off at 1M
+    # entries, 5e-4 at 8M), where sum adds pairwise
+    sq = x.square_().sum((1, 2))
+    m64, rest, sq, s = torch.stack([m, rest, sq, scale]).double().unbind()  # (G,) each
+    rest = rest / count
+    mean = torch.where(m.isinf(), m64, (m64 + rest) / s)  # an overflowed layer's is +-inf, not NaN
+    std = (sq / count - rest * rest).clamp_(min=0).sqrt_() / s
+    return mean, std
 
 
 class GradientRecorder:
@@ -152,7 +185,8 @@ class GradientRecorder:
         """Norms of dLoss/dW, dLoss/db, dLoss/dz and of W (before clipping and the step)."""
         self._detach()
         n = len(self.tracked)
-        values = torch.full((len(KINDS), n), math.nan, device=self.weights[0].device)
+        # float64: a std of tiny activations may be far below float32's range (norms fit either way)
+        values = torch.full((len(KINDS), n), math.nan, dtype=torch.float64, device=self.weights[0].device)
         row = {k: j for j, k in enumerate(KINDS)}
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         norms = torch.stack(_norms(grads))  # one per parameter tensor
@@ -162,7 +196,7 @@ class GradientRecorder:
                 t.to(norms.device) for t in (self._weight_pos, self._bias_pos, self._bias_index))
         values[row["weight_grad"]] = norms[self._weight_pos]
         if self.biases:
-            values[row["bias_grad"], self._bias_index] = norms[self._bias_pos]
+            values[row["bias_grad"], self._bias_index] = norms[self._bias_pos].double()
         # a layer whose output got no gradient (not on the loss's path) has a zero output_grad
         if self._want_z:
             zero = torch.zeros((), device=values.device)
@@ -212,6 +246,8 @@ class GradientRecorder:
         units (population std). ``saturation``: fraction of (example, unit) entries with
         |phi'(pre-activation)| below 5% of its maximum. ``dead``: fraction of units (features;
         for conv maps, channel-positions) whose output is zero for every example of the batch.
+        All four equal their float64 values computed from the float32 activations (the fractions
+        exactly; saturation read off h may differ only where z is within rounding of the threshold).
         """
         groups: dict[tuple, list[int]] = {}
         for i, h in enumerate(self._act_out):
@@ -222,15 +258,16 @@ class GradientRecorder:
             index, h, tmp = self._group_buffers(shape, idx, values.device)
             torch.stack([self._act_out[i] for i in idx], out=h.view(len(idx), *shape))
             count = h.shape[1] * h.shape[2]
-            mean = h.sum((1, 2)) / count
-            sq = torch.linalg.vector_norm(h, dim=(1, 2)) ** 2 / count
             if sat_fn is not None:
-                sat = sat_fn(h, tmp)
+                sat = sat_fn(h, tmp)  # 0./1. in tmp
             else:
                 torch.stack([self._act_in[i] for i in idx], out=tmp.view(len(idx), *shape))
-                sat = not_above(self.activation.dphi(tmp).abs_(), SATURATION * self.activation.dphi_max)
-            std = (sq - mean * mean).clamp_(min=0).sqrt_()
+                sat = torch.lt(self.activation.dphi(tmp).abs_(), SATURATION * self.activation.dphi_max, out=tmp)
+            # a float32 count is exact while every partial sum is an integer below 2**24
+            n_sat = sat.sum((1, 2), dtype=torch.float64 if count > 2**24 else None)
             lo, hi = h.amin(1), h.amax(1)  # (G, U): a unit is dead where both are 0
-            dead = not_above(lo.abs_().add_(hi.abs_()), 0.0).mean(1)
+            n_dead = (lo == 0).logical_and_(hi == 0).sum(1)
+            mean, std = _mean_std(h, lo, hi)  # last: it overwrites h
             first = row["act_mean"]  # the four act kinds are consecutive in KINDS
-            values[first:first + 4, index] = torch.stack([mean, std, sat.sum((1, 2)) / count, dead])
+            values[first:first + 4, index] = torch.stack(
+                [mean, std, n_sat.double() / count, n_dead.double() / h.shape[2]])
