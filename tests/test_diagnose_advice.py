@@ -18,7 +18,8 @@ MLP = {"arch": "mlp", "depth": 10, "width": 64, "activation": {"name": "tanh"}, 
 
 def cfg(model=None, clip="none", lr=0.1, data=None) -> dict:
     """A resolved-looking config.yaml mapping: an MLP unless ``model`` says otherwise."""
-    return {"name": "syn", "model": {**MLP, **(model or {})}, "data": data or {"name": "teacher", "dim": 8, "classes": 3},
+    return {"name": "syn", "model": {**MLP, **(model or {})},
+            "data": data or {"name": "teacher", "dim": 8, "classes": 3},
             "train": {"optimizer": {"name": "sgd", "lr": lr}, "clip": {"mode": clip, "max_norm": 1.0}}}
 
 
@@ -187,7 +188,7 @@ def test_vanishing_net_with_norm_and_skip_is_not_told_to_add_them(tmp_path):
     assert "critical one" in d["advice"]
 
 
-TIME = {"adding": {"name": "adding", "seq_len": 100}}
+ADDING = {"name": "adding", "seq_len": 100}
 
 
 @pytest.mark.parametrize("arch,told,not_told", [
@@ -199,7 +200,7 @@ TIME = {"adding": {"name": "adding", "seq_len": 100}}
 def test_recurrent_nets_get_advice_for_their_kind(tmp_path, arch, told, not_told):
     """Gradients fade back through time (0.8 per step over 100 steps): an LSTM is not told to try an LSTM."""
     conf = cfg({"arch": arch, "depth": 1, "width": 32, "forget_bias": 1.0, "recurrent_init": {"name": "default"}},
-               data=TIME["adding"], clip="norm")
+               data=ADDING, clip="norm")
     d = analysis.diagnose(synthetic(tmp_path / arch, {0: [0.5, 0.5]}, conf, times={0: {1: geometric(0.8, 100)}}))
     assert d["verdict"] == "vanishing" and "through time" in d["advice"]
     assert d["activation"] == ("" if arch != "rnn" else "tanh")
@@ -245,7 +246,8 @@ def test_real_exploding_run_is_reported_above_the_band(tmp_path):
                               train__steps=2, train__optimizer={"name": "sgd", "lr": 1e-4}))
     r = run(c, out=tmp_path, quiet=True)
     d = analysis.diagnose(r.folder)
-    assert r.status == "completed" and d["verdict"] == "exploding" and d["drop_layer"] is None and d["rise_layer"] is not None
+    assert r.status == "completed" and d["verdict"] == "exploding"
+    assert d["drop_layer"] is None and d["rise_layer"] is not None
     text = plain(d)
     assert f"above 100 x output from layer {d['rise_layer']} down" in text and "below 0.01" not in text
     og = pd.read_csv(r.folder / "grad_norms.csv").query("step == 0 and kind == 'output_grad'").set_index("layer").value

@@ -74,7 +74,8 @@ SCHEMAS = {
     "metrics.csv": dict(columns=("step", "loss"), integers=("step",),
                         numbers=("loss", "acc", "grad_norm", "grad_norm_clipped", "lr", "elapsed_s", "test_loss",
                                  "test_acc")),
-    "time_grads.csv": dict(columns=("step", "layer", "t", "value"), integers=("step", "layer", "t"), numbers=("value",)),
+    "time_grads.csv": dict(columns=("step", "layer", "t", "value"), integers=("step", "layer", "t"),
+                           numbers=("value",)),
     "summary.csv": dict(columns=("status",),
                         numbers=("steps_done", "final_loss", "final_test_loss", "final_test_acc", "grad_ratio",
                                  "decay_per_layer", "decay_per_layer_last", "decay_per_step",
@@ -531,7 +532,8 @@ def setup(cfg: dict) -> dict:
             "recurrent_init": _name(m.get("recurrent_init")), "forget_bias": m.get("forget_bias"),
             "clip": clip.get("mode") or "none", "max_norm": clip.get("max_norm"),
             "lr": lr if isinstance(lr, (int, float)) else None,
-            "seq_len": data.get("seq_len") if isinstance(data.get("seq_len"), int) else None, "order": data.get("order")}
+            "seq_len": data.get("seq_len") if isinstance(data.get("seq_len"), int) else None,
+            "order": data.get("order")}
 
 
 def _or(fixes: list[str]) -> str:
@@ -799,8 +801,9 @@ def report(d: dict) -> str:
                 + (f"; {s['nonfinite']} non-finite" if s["nonfinite"] else ""))
         for r in d["steps"][name]["time"] or []:
             step = d["steps"][name]["depth"]["step"] if d["steps"][name]["depth"] else ""
-            lines.append(f"  step {step} recurrent layer {r['layer']}: dLoss/dh_t {_rate(r['decay_per_step'], 'time step')}"
-                         f" back in time -> x{_num(r['compounded'], *sides)} over {r['steps'] - 1} steps ({r['verdict']})"
+            lines.append(f"  step {step} recurrent layer {r['layer']}: dLoss/dh_t "
+                         f"{_rate(r['decay_per_step'], 'time step')} back in time -> x{_num(r['compounded'], *sides)} "
+                         f"over {r['steps'] - 1} steps ({r['verdict']})"
                          + _band({**r, "drop_count": None, "rise_count": None}, th, "time step", "t"))
     if t.get("applies"):
         lines.append(f"  theory: sigma_w^2={_num(t['weight_var'])}, sigma_b^2={_num(t['bias_var'])}: chi_1="
