@@ -52,7 +52,7 @@ def test_optimizer_argument_alone_keeps_default_optimizer():
     ("name: ../../etc\n", [], ["name: '../../etc' may only use"]),
     ("name: ..\n", [], ["may only use"]),
     ("device: gpu\n", [], ["device: invalid value 'gpu'"]),
-    ("model: {depth: -1}\n", [], ["model.depth: must be at least 0"]),
+    ("model: {depth: -1}\n", [], ["model.depth: must be >= 0, got -1"]),
     ("{}\n", ["model.depht=3"], ["unknown key 'model.depht'", "did you mean 'model.depth'"]),
     ("{}\n", ["depth"], ["expected key=value"]),
 ])

@@ -97,7 +97,7 @@ def relu():
                       saturated=lambda h, out=None: compare(torch.le, h, 0.0, out))
 
 
-@ACTIVATIONS.register("leaky_relu", "max(x, negative_slope * x)")
+@ACTIVATIONS.register("leaky_relu", "max(x, negative_slope * x)", ranges={"negative_slope": "[0, 1]"})
 def leaky_relu(negative_slope: float = 0.01):
     a = negative_slope
     return Activation(
@@ -113,7 +113,7 @@ def leaky_relu(negative_slope: float = 0.01):
     )
 
 
-@ACTIVATIONS.register("elu", "x for x > 0, alpha (e^x - 1) below")
+@ACTIVATIONS.register("elu", "x for x > 0, alpha (e^x - 1) below", ranges={"alpha": "[0, inf)"})
 def elu(alpha: float = 1.0):
     return Activation(
         "elu",

@@ -25,6 +25,20 @@ def _err(message: str) -> None:
     typer.echo(f"vgp: error: {message}", err=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        import vgp
+
+        typer.echo(f"vgp {vgp.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print vgp's version and exit")):
+    """vgp: train deep networks and record how their gradients vanish or explode."""
+
+
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="YAML config file", show_default=False),
@@ -198,7 +212,7 @@ def theory(
 
     from vgp import analysis, theory as th
 
-    notes, setting = [], None
+    notes, setting, labels = [], None, ["--weight-var", "--bias-var", "--depth"]
     if config is not None:
         from vgp import config as cfgmod
 
@@ -208,9 +222,12 @@ def theory(
         except th.NotApplicable as e:
             raise UserError(f"{config}: the mean-field theory does not apply: {e}") from None
         act, (weight_var, bias_var), notes = setting.activation, setting.hidden, setting.notes
-        depth = cfg.model.depth if depth is None else depth
+        labels[:2] = [f"{config}: sigma_w^2 of model.init", f"{config}: sigma_b^2 of model.bias_init"]
+        if depth is None:
+            depth, labels[2] = cfg.model.depth, f"{config}: model.depth"
     else:
         act = activation
+    th.check_inputs(weight_var, bias_var, depth, tuple(labels))
     if critical:
         weight_var = th.critical_weight_var(act, bias_var)
     if weight_var is None:

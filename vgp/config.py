@@ -9,21 +9,29 @@ take a short name or a mapping ``{name: ..., <arguments>}`` checked against a re
 
 Overrides use one grammar everywhere: ``model.depth=40 model.init.name=orthogonal seed=3``,
 each value parsed as a YAML scalar.
+
+A config that validates runs: besides keys, types, names and ranges (every number finite),
+:func:`from_dict` asks :mod:`vgp.preflight` whether the model can be built on the data, take its
+first step and fit in memory. Mistakes are ConfigErrors that name the file, or the override
+(``override model.depth=abc: ...``), the key and what is valid.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from vgp.errors import ConfigError
-from vgp.registry import Registry, coerce, did_you_mean
+from vgp.errors import ConfigError, clipped, shown
+from vgp.registry import Registry, coerce, did_you_mean, interval
 
 # what the recorder can record per layer (vgp.record.KINDS; kept here so that validating a
 # config does not import torch)
@@ -31,11 +39,12 @@ KINDS = ("weight_grad", "bias_grad", "output_grad", "weight", "update_ratio",
          "act_mean", "act_std", "saturation", "dead")
 
 
-def _f(default, doc: str, choices=None, spec: str | None = None, like=None):
+def _f(default, doc: str, choices=None, spec: str | None = None, like=None, valid: str | None = None):
     """A config field: default, one-line doc, optional choices, optional registry name for specs.
 
-    ``like``: a value of the field's type, for fields whose default is None (= decided later)."""
-    meta = {"doc": doc, "choices": choices, "spec": spec, "like": like}
+    ``like``: a value of the field's type, for fields whose default is None (= decided later);
+    ``valid``: the interval a number must be in, e.g. ``"[1, inf)"``."""
+    meta = {"doc": doc, "choices": choices, "spec": spec, "like": like, "valid": valid and interval(valid)}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -43,16 +52,17 @@ def _f(default, doc: str, choices=None, spec: str | None = None, like=None):
 
 def _section(cls, doc: str):
     """A nested section, defaulting to its own defaults."""
-    return field(default_factory=cls, metadata={"doc": doc, "choices": None, "spec": None, "like": None})
+    return field(default_factory=cls, metadata={"doc": doc, "choices": None, "spec": None, "like": None,
+                                                "valid": None})
 
 
 @dataclass
 class ModelConfig:
     arch: str = _f("mlp", "network family", choices=["mlp", "resnet", "rnn", "lstm", "gru"])
     depth: int = _f(None, "mlp: hidden layers (2 -> Linear, act, Linear, act, Linear); resnet: weight layers, 6n+2; "
-                          "rnn/lstm/gru: stacked recurrent layers (default 10, 20, 1)", like=0)
+                          "rnn/lstm/gru: stacked recurrent layers (default 10, 20, 1)", like=0, valid="[0, inf)")
     width: int = _f(None, "mlp: units per hidden layer; resnet: channels of the first stage; rnn/lstm/gru: hidden "
-                          "size (default 256, 16, 128)", like=0)
+                          "size (default 256, 16, 128)", like=0, valid="[1, inf)")
     activation: Any = _f("relu", "activation function (vgp ls activations); lstm/gru gates keep their own", spec="activations")
     init: Any = _f("default", "weight init of every layer, output layer included (vgp ls inits)", spec="inits")
     bias_init: Any = _f("default", "bias init of every layer (vgp ls inits)", spec="bias_inits")
@@ -67,22 +77,24 @@ class ModelConfig:
 @dataclass
 class ClipConfig:
     mode: str = _f("none", "gradient clipping before the optimizer step", choices=["none", "norm", "value"])
-    max_norm: float = _f(1.0, "mode=norm: rescale all gradients so their total norm is at most this")
-    value: float = _f(1.0, "mode=value: clamp every gradient entry to [-value, value]")
+    max_norm: float = _f(1.0, "mode=norm: rescale all gradients so their total norm is at most this", valid="(0, inf)")
+    value: float = _f(1.0, "mode=value: clamp every gradient entry to [-value, value]", valid="(0, inf)")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = _f(1000, "optimizer steps")
-    batch_size: int = _f(128, "examples per step (the training set is reshuffled every epoch)")
+    steps: int = _f(1000, "optimizer steps", valid="[1, inf)")
+    batch_size: int = _f(128, "examples per step, at most the training set's size (reshuffled every epoch)",
+                         valid="[1, inf)")
     optimizer: Any = _f({"name": "sgd", "lr": 0.1}, "optimizer and its arguments (vgp ls optimizers)", spec="optimizers")
     clip: ClipConfig = _section(ClipConfig, "gradient clipping")
-    eval_every: int = _f(100, "evaluate on the test set every N steps (and after the last step)")
+    eval_every: int = _f(100, "evaluate on the test set every N steps (and after the last step)", valid="[1, inf)")
 
 
 @dataclass
 class LogConfig:
-    every: int = _f(10, "record gradients every N steps; step 0 (before any update) and the last step always")
+    every: int = _f(10, "record gradients every N steps; step 0 (before any update) and the last step always",
+                    valid="[1, inf)")
     kinds: list = _f(list(KINDS), "what to record per layer (fewer kinds cost less when recording every step)",
                      choices=list(KINDS))
 
@@ -90,7 +102,8 @@ class LogConfig:
 @dataclass
 class Config:
     name: str = _f("run", "run name: letters, digits, '.', '_', '-' (default: the config file's name)")
-    seed: int = _f(0, "seed of the data, the init and the batch order")
+    seed: int = _f(0, "seed of the data, the init and the batch order (what torch.manual_seed takes, less one)",
+                   valid=f"[0, {2**64 - 2}]")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     model: ModelConfig = _section(ModelConfig, "the network")
     data: Any = _f({"name": "teacher"}, "data set and its arguments (vgp ls datasets)", spec="datasets")
@@ -114,10 +127,21 @@ def _registry(name: str) -> Registry:
     return r
 
 
-def fields_of(cls) -> dict[str, dataclasses.Field]:
+@functools.cache
+def _fields(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
+def fields_of(cls) -> dict[str, dataclasses.Field]:
+    return dict(_fields(cls))
+
+
+@functools.cache
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+@functools.cache
 def _is_section(f: dataclasses.Field) -> bool:
     return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
 
@@ -128,41 +152,44 @@ def _spec(value, where: str) -> dict:
         return {"name": value}
     if isinstance(value, dict):
         return dict(value)
-    raise ConfigError(f"{where}: expected a name or a mapping {{name: ..., <arguments>}}, got {value!r}")
+    raise ConfigError(f"{where}: expected a name or a mapping {{name: ..., <arguments>}}, got {shown(value)}")
 
 
-def _normalise(raw: dict, cls, prefix: str, source: str) -> dict:
-    """Turn specs into mappings and check that every key exists, recursively (no type checks yet)."""
+def _normalise(raw: dict, cls, prefix: str, label) -> dict:
+    """Turn specs into mappings and check that every key exists, recursively (no type checks yet).
+    ``label(key)``: who set a key, for messages (the file, or an override)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'config'}' must be a mapping, got {raw!r}")
-    known = fields_of(cls)
+        key = prefix.rstrip(".") or "config"
+        raise ConfigError(f"{label(key)}: '{key}' must be a mapping, got {shown(raw)}")
+    known = _fields(cls)
     out = {}
     for key, value in raw.items():
         if key not in known:
             full = [prefix + k for k in known]
             raise ConfigError(
-                f"{source}: unknown key '{prefix}{key}'{did_you_mean(prefix + str(key), full)} "
-                f"(valid in {prefix.rstrip('.') or 'the top level'}: {', '.join(known)})"
+                f"{label(prefix + str(key))}: unknown key {shown(prefix + str(key))}"
+                f"{did_you_mean(prefix + str(key), full)} (valid in {prefix.rstrip('.') or 'the top level'}: "
+                f"{', '.join(known)})"
             )
         f = known[key]
         if _is_section(f):
-            out[key] = _normalise(value if value is not None else {}, f.default_factory, f"{prefix}{key}.", source)
+            out[key] = _normalise(value if value is not None else {}, f.default_factory, f"{prefix}{key}.", label)
         elif f.metadata["spec"]:
-            out[key] = _spec(value, f"{source}: {prefix}{key}")
+            out[key] = _spec(value, f"{label(prefix + key)}: {prefix}{key}")
         else:
             out[key] = value
     return out
 
 
-def _build(raw: dict, cls, prefix: str, source: str):
-    """Build a dataclass from a normalised mapping: type checks, choices, spec resolution."""
+def _build(raw: dict, cls, prefix: str, label):
+    """Build a dataclass from a normalised mapping: type checks, choices, ranges, spec resolution."""
     kwargs = {}
-    for name, f in fields_of(cls).items():
+    for name, f in _fields(cls).items():
         where = f"{prefix}{name}"
         if _is_section(f):
-            kwargs[name] = _build(raw.get(name, {}), f.default_factory, where + ".", source)
+            kwargs[name] = _build(raw.get(name, {}), f.default_factory, where + ".", label)
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = _default(f)  # shared: read here, never changed
         if f.metadata["spec"]:
             spec = _spec(default, where) if name not in raw else raw[name]
             if name in raw and "name" not in spec and isinstance(default, dict):
@@ -174,7 +201,7 @@ def _build(raw: dict, cls, prefix: str, source: str):
                 if "has no argument" in str(e):  # typically: the name was switched, old arguments kept
                     hint = (f"; to switch to another one with its own arguments, replace the whole mapping, "
                             f"e.g. {where}=NAME or {where}='{{name: NAME, ...}}'")
-                raise ConfigError(f"{source}: {e}{hint}") from None
+                raise ConfigError(f"{label(where)}: {e}{hint}") from None
             continue
         value = raw.get(name, default)
         choices = f.metadata["choices"]
@@ -182,10 +209,10 @@ def _build(raw: dict, cls, prefix: str, source: str):
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list) or not value:
-                raise ConfigError(f"{source}: {where}: expected a non-empty list, got {value!r}")
+                raise ConfigError(f"{label(where)}: {where}: expected a non-empty list, got {shown(value)}")
             for v in value:
                 if v not in choices:
-                    raise ConfigError(f"{source}: {where}: invalid value {v!r}{did_you_mean(v, choices)} "
+                    raise ConfigError(f"{label(where)}: {where}: invalid value {shown(v)}{did_you_mean(v, choices)} "
                                       f"(valid: {', '.join(choices)})")
             kwargs[name] = [c for c in choices if c in value]  # canonical order, no repeats
             continue
@@ -193,31 +220,37 @@ def _build(raw: dict, cls, prefix: str, source: str):
             if value is not None or f.metadata["like"] is None:
                 value = coerce(value, default if default is not None else f.metadata["like"], where)
         except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
+            raise ConfigError(f"{label(where)}: {e}") from None
         if choices and value not in choices:
             raise ConfigError(
-                f"{source}: {where}: invalid value {value!r}{did_you_mean(value, choices)} "
+                f"{label(where)}: {where}: invalid value {shown(value)}{did_you_mean(value, choices)} "
                 f"(valid: {', '.join(choices)})"
             )
+        valid = f.metadata["valid"]
+        if valid is not None and value is not None and value not in valid:
+            raise ConfigError(f"{label(where)}: {where}: {valid.problem(value)}")
         kwargs[name] = value
     return cls(**kwargs)
 
 
 ARCH_DEFAULTS = {"mlp": (10, 256), "resnet": (20, 16), "rnn": (1, 128), "lstm": (1, 128), "gru": (1, 128)}
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,4})$")
+MAX_NAME = 200  # characters: a run name is a folder name (most file systems allow 255 bytes)
 
 
-def _check(cfg: Config, source: str) -> None:
+def _check(cfg: Config, label) -> None:
     """Checks that involve values, not just types."""
 
-    def bad(msg):
-        raise ConfigError(f"{source}: {msg}")
+    def bad(key, msg):
+        raise ConfigError(f"{label(key)}: {key}: {msg}")
 
     if not _NAME.match(cfg.name) or cfg.name in {".", ".."}:
-        bad(f"name: {cfg.name!r} may only use letters, digits, '.', '_' and '-' (and is not '.' or '..')")
+        bad("name", f"{shown(cfg.name)} may only use letters, digits, '.', '_' and '-' (and is not '.' or '..')")
+    if len(cfg.name) > MAX_NAME:
+        bad("name", f"{len(cfg.name)} characters; at most {MAX_NAME} (it names a folder)")
     if not _DEVICE.match(cfg.device):
-        bad(f"device: invalid value {cfg.device!r} (valid: auto, cpu, cuda, cuda:N)")
+        bad("device", f"invalid value {shown(cfg.device)} (valid: auto, cpu, cuda, cuda:N)")
     m = cfg.model
     depth, width = ARCH_DEFAULTS[m.arch]
     m.depth = depth if m.depth is None else m.depth
@@ -228,25 +261,32 @@ def _check(cfg: Config, source: str) -> None:
         try:
             blocks_per_stage(m.depth)
         except ConfigError as e:
-            bad(str(e))
+            raise ConfigError(f"{label('model.depth')}: {e}") from None
         if m.norm == "layernorm":
-            bad("model.norm: a resnet takes none or batchnorm")
+            bad("model.norm", "a resnet takes none or batchnorm")
     if m.arch in ("rnn", "lstm", "gru"):
         if m.norm != "none" or m.skip:
-            bad(f"model.norm/model.skip: {m.arch} takes neither (norm: none, skip: false)")
+            bad("model.norm/model.skip", f"{m.arch} takes neither (norm: none, skip: false)")
         if m.depth < 1:
-            bad(f"model.depth: {m.arch} needs at least 1 layer, got {m.depth}")
-    for key, value, low in [
-        ("model.depth", cfg.model.depth, 0), ("model.width", cfg.model.width, 1),
-        ("train.steps", cfg.train.steps, 1), ("train.batch_size", cfg.train.batch_size, 1),
-        ("train.eval_every", cfg.train.eval_every, 1), ("log.every", cfg.log.every, 1),
-    ]:
-        if value < low:
-            bad(f"{key}: must be at least {low}, got {value}")
-    if cfg.train.clip.max_norm <= 0 or cfg.train.clip.value <= 0:
-        bad("train.clip: max_norm and value must be positive")
-    if cfg.train.optimizer.get("lr", 1.0) <= 0:
-        bad(f"train.optimizer.lr: must be positive, got {cfg.train.optimizer['lr']}")
+            bad("model.depth", f"{m.arch} needs at least 1 layer, got {m.depth}")
+
+
+def _labeller(source: str, pairs: list[tuple[str, Any]], texts: list[str] | None):
+    """``label(key)``: what a message about ``key`` should blame: the command-line override that set
+    it (or a key above or below it), else the file."""
+    if not texts:
+        return lambda key: source
+
+    def label(key: str) -> str:
+        for (k, _), text in zip(reversed(pairs), reversed(texts)):  # the last override of a key wins
+            if k == key or key.startswith(k + ".") or k.startswith(key + "."):
+                return f"override {clipped(text, 80)}"
+        return source
+
+    return label
+
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
@@ -254,86 +294,216 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     out = []
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key or not re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", key):
-            raise ConfigError(f"override {item!r}: expected key=value, for example model.depth=40")
+        if not sep or not key:
+            raise ConfigError(f"override {clipped(item, 80)}: expected key=value, for example model.depth=40")
+        if not _KEY.match(key):
+            why = ("an empty part between dots" if any(not p for p in key.split(".")) else
+                   "keys are dotted names of letters, digits and '_'")
+            raise ConfigError(f"override {clipped(item, 80)}: {shown(key)} is not a key ({why}), "
+                              f"for example model.depth=40")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = load_yaml_text(text) if text.strip() else ""
+        except DuplicateKeyError as e:
+            raise ConfigError(f"override {clipped(item, 80)}: {e.problem}") from None
         except yaml.YAMLError:
             value = text
+        except RecursionError:
+            raise ConfigError(f"override {clipped(item, 80)}: nested too deeply") from None
+        try:
+            check_size(value)
+        except ValueError as e:
+            raise ConfigError(f"override {clipped(item, 80)}: {e}") from None
         out.append((key, value))
     return out
 
 
 def apply_overrides(raw: dict, overrides: list[tuple[str, Any]], source: str = "override") -> dict:
     """Set dotted keys in a (normalised) raw mapping; a spec given by name becomes a mapping."""
-    raw = copy.deepcopy(raw)
+    raw = dict(raw)  # copied along each override's path only: the rest is shared, and never changed
+    copied = {id(raw)}
     for key, value in overrides:
         node, parts = raw, key.split(".")
-        cls = Config
         for i, part in enumerate(parts[:-1]):
-            f = fields_of(cls).get(part) if cls else None
-            if f is not None and _is_section(f):
-                cls = f.default_factory
-            else:
-                cls = None
             child = node.get(part)
             if child is None:
                 child = {}
             elif isinstance(child, str):
                 child = {"name": child}  # model.init.gain=2 on top of `init: orthogonal`
             elif not isinstance(child, dict):
-                raise ConfigError(f"{source} {key}={value!r}: '{'.'.join(parts[:i + 1])}' is not a mapping")
+                raise ConfigError(f"{source} {key}={shown(value)}: '{'.'.join(parts[:i + 1])}' is not a mapping")
+            elif id(child) not in copied:
+                child = dict(child)
+            copied.add(id(child))
             node[part] = child
             node = child
         node[parts[-1]] = value
     return raw
 
 
+# -- YAML --------------------------------------------------------------------------------------------
+
+MAX_FILE_BYTES = 10 * 2**20  # a config is a few KiB; a sweep file with long lists, a few hundred
+MAX_VALUES = 100_000  # values after expanding YAML aliases (a 300-byte "billion laughs" file has 10^9)
+MAX_NESTING = 32
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping has the same key twice (plain YAML keeps the last one, silently)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter: a key given twice is an error (naming both lines), and an
+    integer too long for Python's int() (4300 digits) is a YAML error, not a ValueError."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` may be overridden by the keys beside it
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:
+                    continue  # unhashable: SafeLoader says so itself
+                if first is not key_node.start_mark:
+                    raise DuplicateKeyError(
+                        "while reading a mapping", node.start_mark,
+                        f"duplicate key {shown(key)} (first at line {first.line + 1}); "
+                        f"YAML would keep only the last", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(None, None, "an integer with too many digits",
+                                                    node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def load_yaml_text(text: str):
+    """Parse YAML text with :class:`_Loader` (safe: no Python tags; duplicate keys are errors)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def check_size(data) -> None:
+    """ValueError if ``data``, its YAML aliases expanded, holds more than MAX_VALUES values or is nested
+    deeper than MAX_NESTING: a few hundred bytes of aliases can stand for billions of values, which
+    any later walk over them (copying, hashing, printing) would take hours to go through."""
+    count, stack = 0, [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ValueError(f"more than {MAX_VALUES:,} values once its YAML aliases are expanded "
+                             f"(an alias bomb?); a config has a few dozen")
+        if depth > MAX_NESTING:
+            raise ValueError(f"nested more than {MAX_NESTING} levels deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for kv in node.items() for v in kv)
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1) for v in node)
+
+
 def read_yaml(path: Path) -> dict:
-    """Safe-load a YAML mapping; syntax errors name the file, line and column."""
+    """Safe-load a YAML mapping; every problem is a ConfigError naming the file (and, for syntax
+    errors and duplicate keys, the line and column)."""
+    path = Path(path)
     try:
-        text = Path(path).read_text()
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{path}: is a folder, not a config file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: not a regular file (a config is a YAML text file)")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: {info.st_size:,} bytes; a config or sweep file is text of a few KiB "
+                              f"(at most {MAX_FILE_BYTES // 2**20} MiB)")
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
-        data = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); a config is YAML text") from None
+    try:
+        data = load_yaml_text(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {e.problem or e.context}") from None
+        raise ConfigError(f"{where}: invalid YAML: {clipped(e.problem or e.context)}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise ConfigError(f"{path}: invalid YAML: {clipped(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    try:
+        check_size(data)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
     return data
 
 
-def from_dict(raw: dict, overrides: list[str] | list[tuple[str, Any]] = (), source: str = "config") -> Config:
-    """Validate a raw mapping plus overrides into a :class:`Config` (defaults filled in)."""
-    raw = _normalise(raw, Config, "", source)
-    pairs = parse_overrides(overrides) if overrides and isinstance(overrides[0], str) else list(overrides)
+def from_dict(raw: dict, overrides: list[str] | list[tuple[str, Any]] = (), source: str = "config",
+              preflight: bool = True) -> Config:
+    """Validate a raw mapping plus overrides into a :class:`Config` (defaults filled in).
+
+    ``overrides``: ``key=value`` strings (blamed as ``override key=value`` in messages) or
+    ``(key, value)`` pairs (blamed on ``source``). ``preflight``: also check that the model builds
+    on the data, takes a step and fits in memory (:mod:`vgp.preflight`; imports torch)."""
+    texts = list(overrides) if overrides and isinstance(overrides[0], str) else None
+    pairs = parse_overrides(overrides) if texts else list(overrides)
+    label = _labeller(source, pairs, texts)
+    raw = _normalise(raw, Config, "", label)
     if pairs:
-        raw = apply_overrides(raw, pairs)
-        raw = _normalise(raw, Config, "", "override")
-    cfg = _build(raw, Config, "", source)
-    _check(cfg, source)
+        raw = apply_overrides(raw, pairs, "override")
+        raw = _normalise(raw, Config, "", label)
+    cfg = _build(raw, Config, "", label)
+    _check(cfg, label)
+    if preflight:
+        from vgp import preflight as pre
+
+        pre.check(cfg, source, label)
     return cfg
+
+
+SWEEP_ONLY_KEYS = ("base", "fixed", "grid", "zip", "seeds", "launcher")
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read, override and validate a config file. Raises ConfigError with a message for people."""
     path = Path(path)
     raw = read_yaml(path)
+    sweep_keys = [k for k in raw if k in SWEEP_ONLY_KEYS]
+    if sweep_keys:
+        raise ConfigError(f"{path}: a run config was expected, but this is a sweep file (it has "
+                          f"{', '.join(sweep_keys)}); run it with: vgp sweep {path}")
     raw.setdefault("name", path.stem)
     return from_dict(raw, overrides, source=str(path))
 
 
 def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as plain dicts and lists (a new copy: changing it does not change ``cfg``)."""
+    return _plain(cfg)
+
+
+def _plain(value):
+    # dataclasses.asdict, several times faster (a sweep hashes every run's config)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: _plain(getattr(value, name)) for name in _fields(type(value))}
+    return value
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

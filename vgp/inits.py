@@ -1,8 +1,9 @@
 """Weight and bias initialisations, chosen by short name.
 
 Every init receives the tensor, an :class:`InitContext` (fans and the activation, supplied by
-the model) and its own arguments from the config. ``variance_scaling`` follows Keras/Flax:
-weights with variance ``scale / fan``; this ``scale`` is the mean-field theory's sigma_w^2.
+the model) and its own arguments from the config, whose valid ranges are declared beside it
+(every number must be finite). ``variance_scaling`` follows Keras/Flax: weights with variance
+``scale / fan``; this ``scale`` is the mean-field theory's sigma_w^2.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def default(w, ctx):
     nn.init.uniform_(w, -_default_bound(ctx), _default_bound(ctx))
 
 
-@INITS.register("identity", "the identity matrix times scale (IRNN of Le et al. 2015; a Dirac kernel for convs)")
+@INITS.register("identity", "the identity matrix times scale (IRNN of Le et al. 2015; a Dirac kernel for convs)",
+                ranges={"scale": "(-inf, inf)"})
 def identity(w, ctx, scale: float = 1.0):
     if w.dim() == 2:
         nn.init.eye_(w)
@@ -54,12 +56,12 @@ def identity(w, ctx, scale: float = 1.0):
     w.mul_(scale)
 
 
-@INITS.register("xavier_uniform", "Glorot & Bengio 2010: U(+-gain sqrt(6/(fan_in+fan_out)))")
+@INITS.register("xavier_uniform", "Glorot & Bengio 2010: U(+-gain sqrt(6/(fan_in+fan_out)))", ranges={"gain": "[0, inf)"})
 def xavier_uniform(w, ctx, gain: float = 1.0):
     nn.init.xavier_uniform_(w, gain=gain)
 
 
-@INITS.register("xavier_normal", "Glorot & Bengio 2010: N(0, gain^2 2/(fan_in+fan_out))")
+@INITS.register("xavier_normal", "Glorot & Bengio 2010: N(0, gain^2 2/(fan_in+fan_out))", ranges={"gain": "[0, inf)"})
 def xavier_normal(w, ctx, gain: float = 1.0):
     nn.init.xavier_normal_(w, gain=gain)
 
@@ -96,17 +98,17 @@ def kaiming_normal(w, ctx, mode: str = "fan_in", nonlinearity: str = ""):
     nn.init.kaiming_normal_(w, a=a, mode=mode, nonlinearity=nl)
 
 
-@INITS.register("orthogonal", "Saxe et al. 2014: a (semi-)orthogonal matrix times gain")
+@INITS.register("orthogonal", "Saxe et al. 2014: a (semi-)orthogonal matrix times gain", ranges={"gain": "(-inf, inf)"})
 def orthogonal(w, ctx, gain: float = 1.0):
     nn.init.orthogonal_(w, gain=gain)
 
 
-@INITS.register("normal", "N(0, std^2)")
+@INITS.register("normal", "N(0, std^2)", ranges={"std": "[0, inf)"})
 def normal(w, ctx, std: float = 0.01):
     nn.init.normal_(w, 0.0, std)
 
 
-@INITS.register("uniform", "U(-a, a)")
+@INITS.register("uniform", "U(-a, a)", ranges={"a": "[0, inf)"})
 def uniform(w, ctx, a: float = 0.05):
     nn.init.uniform_(w, -a, a)
 
@@ -120,6 +122,7 @@ def lecun_normal(w, ctx):
     "variance_scaling",
     "Keras/Flax: variance scale/fan (scale = sigma_w^2 of mean-field theory)",
     choices={"mode": ["fan_in", "fan_out", "fan_avg"], "distribution": ["normal", "uniform", "truncated_normal"]},
+    ranges={"scale": "(0, inf)"},
 )
 def variance_scaling(w, ctx, scale: float = 1.0, mode: str = "fan_in", distribution: str = "normal"):
     fan_in, fan_out = _fans(w)
@@ -147,12 +150,12 @@ def bias_default(b, ctx):
     nn.init.uniform_(b, -_default_bound(ctx), _default_bound(ctx))
 
 
-@BIAS_INITS.register("normal", "N(0, std^2): sigma_b^2 = std^2 of mean-field theory")
+@BIAS_INITS.register("normal", "N(0, std^2): sigma_b^2 = std^2 of mean-field theory", ranges={"std": "[0, inf)"})
 def bias_normal(b, ctx, std: float = 0.05):
     nn.init.normal_(b, 0.0, std)
 
 
-@BIAS_INITS.register("constant", "every bias equal to value")
+@BIAS_INITS.register("constant", "every bias equal to value", ranges={"value": "(-inf, inf)"})
 def constant(b, ctx, value: float = 0.0):
     nn.init.constant_(b, value)
 

@@ -1,4 +1,9 @@
-"""Optimizers, chosen by short name, with their usual arguments."""
+"""Optimizers, chosen by short name, with their usual arguments.
+
+Each declares the ranges PyTorch's constructor accepts (or, where PyTorch accepts what makes no
+sense for a study, such as a momentum of 1 or more, the sensible ones), so that ``vgp validate``
+rejects them with the key's name instead of a run failing at its first step.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,53 @@ from vgp.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
 
+_ADAM_RANGES = {"lr": "(0, inf)", "betas": "[0, 1)", "eps": "[0, inf)", "weight_decay": "[0, inf)"}
 
-@OPTIMIZERS.register("sgd", "stochastic gradient descent, optionally with (Nesterov) momentum")
+
+def _nesterov(args: dict) -> str | None:
+    if args["nesterov"] and args["momentum"] <= 0:
+        return "nesterov: true needs a momentum > 0 (PyTorch's rule), got momentum 0"
+    return None
+
+
+@OPTIMIZERS.register("sgd", "stochastic gradient descent, optionally with (Nesterov) momentum",
+                     ranges={"lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)"}, rule=_nesterov)
 def sgd(params, lr: float = 0.1, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
-@OPTIMIZERS.register("adam", "Kingma & Ba 2015")
+@OPTIMIZERS.register("adam", "Kingma & Ba 2015", ranges=_ADAM_RANGES)
 def adam(params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("adamw", "Adam with decoupled weight decay (Loshchilov & Hutter 2019)")
+@OPTIMIZERS.register("adamw", "Adam with decoupled weight decay (Loshchilov & Hutter 2019)", ranges=_ADAM_RANGES)
 def adamw(params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("rmsprop", "Tieleman & Hinton 2012")
+@OPTIMIZERS.register("rmsprop", "Tieleman & Hinton 2012",
+                     ranges={"lr": "(0, inf)", "alpha": "[0, 1)", "eps": "[0, inf)", "momentum": "[0, 1)",
+                             "weight_decay": "[0, inf)"})
 def rmsprop(params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
             weight_decay: float = 0.0):
     return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("adagrad", "Duchi et al. 2011")
+@OPTIMIZERS.register("adagrad", "Duchi et al. 2011", ranges={"lr": "(0, inf)", "eps": "[0, inf)",
+                                                            "weight_decay": "[0, inf)"})
 def adagrad(params, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0):
     return torch.optim.Adagrad(params, lr=lr, eps=eps, weight_decay=weight_decay)
+
+
+# The state each keeps per parameter, in parameter-sized tensors (for vgp.preflight's memory estimate).
+def state_copies(spec: dict) -> int:
+    """How many parameter-sized tensors the optimizer of a resolved spec keeps."""
+    name = spec["name"]
+    if name == "sgd":
+        return 1 if spec["momentum"] > 0 else 0
+    if name in ("adam", "adamw"):
+        return 2
+    if name == "rmsprop":
+        return 1 + (spec["momentum"] > 0)
+    return 1  # adagrad

@@ -39,10 +39,13 @@ from typing import Any
 import yaml
 
 from vgp import config, results
-from vgp.errors import ConfigError
+from vgp.errors import ConfigError, clipped, shown
 from vgp.registry import did_you_mean
 
 SWEEP_KEYS = ("name", "base", "fixed", "grid", "zip", "seeds", "launcher")
+MAX_CELLS = 100_000  # runs in one sweep: expanding and validating 10^4 takes seconds, 10^6 would take minutes
+NOT_PER_RUN = {"name": "a sweep's runs are named by what they vary; name the sweep with its own name: key",
+               "out": "a sweep writes into <out>/<sweep name>/; set out in the base config or use --out"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -86,15 +89,25 @@ def load(path: str | Path, overrides: list[str] = ()) -> Sweep:
 
 
 def from_dict(raw: dict, overrides: list[str] = (), source: str = "sweep", root: Path = Path(".")) -> Sweep:
+    if not is_sweep_file(raw):
+        raise ConfigError(f"{source}: a sweep file was expected, but this looks like a run config (it has no base, "
+                          f"grid, zip or seeds); run it with: vgp run {source}; or write a sweep file whose base: "
+                          f"is this file (see configs/sweeps/)")
     for key in raw:
         if key not in SWEEP_KEYS:
-            raise ConfigError(f"{source}: unknown sweep key '{key}'{did_you_mean(str(key), SWEEP_KEYS)} "
-                              f"(valid: {', '.join(SWEEP_KEYS)})")
+            hint = " (config keys go into base: or fixed:)" if key in config.fields_of(config.Config) else ""
+            raise ConfigError(f"{source}: unknown sweep key {shown(key)}{did_you_mean(str(key), SWEEP_KEYS)} "
+                              f"(valid: {', '.join(SWEEP_KEYS)}){hint}")
     base = raw.get("base") or {}
     if isinstance(base, str):
-        base = config.read_yaml(root / base)
+        try:
+            base = config.read_yaml(root / base)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: base: {e}") from None
+        if is_sweep_file(base):
+            raise ConfigError(f"{source}: base: {root / raw['base']} is a sweep file; base names a run config")
     if not isinstance(base, dict):
-        raise ConfigError(f"{source}: base: expected a config file name or a mapping, got {base!r}")
+        raise ConfigError(f"{source}: base: expected a config file name or a mapping, got {shown(base)}")
     name = str(raw.get("name") or Path(source).stem)
     sweep = Sweep(name=name, source=source, base={k: v for k, v in base.items() if k != "name"},
                   fixed=_mapping(raw, "fixed", source), grid=_mapping(raw, "grid", source),
@@ -108,7 +121,7 @@ def from_dict(raw: dict, overrides: list[str] = (), source: str = "sweep", root:
 def _mapping(raw: dict, key: str, source: str) -> dict:
     value = raw.get(key) or {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{source}: {key}: expected a mapping of dotted keys, got {value!r}")
+        raise ConfigError(f"{source}: {key}: expected a mapping of dotted keys, got {shown(value)}")
     return dict(value)
 
 
@@ -143,15 +156,24 @@ def _apply_overrides(sweep: Sweep, overrides: list[str]) -> None:
 
 def _check(sweep: Sweep) -> None:
     src = sweep.source
-    if not config._NAME.match(sweep.name):
-        raise ConfigError(f"{src}: name: {sweep.name!r} may only use letters, digits, '.', '_' and '-'")
+    if not config._NAME.match(sweep.name) or len(sweep.name) > config.MAX_NAME:
+        raise ConfigError(f"{src}: name: {shown(sweep.name)} may only use letters, digits, '.', '_' and '-' "
+                          f"(at most {config.MAX_NAME})")
+    for key in sweep.fixed:
+        if key in NOT_PER_RUN:
+            raise ConfigError(f"{src}: fixed: {key} cannot be set for the runs of a sweep: {NOT_PER_RUN[key]}")
+    if "seed" in sweep.fixed and sweep.seeds is not None:
+        raise ConfigError(f"{src}: fixed: seed and seeds: both set the runs' seeds; keep one")
     for kind in ("grid", "zip"):
         for key, values in getattr(sweep, kind).items():
             if not isinstance(values, list) or not values:
-                raise ConfigError(f"{src}: {kind}: {key}: expected a non-empty list of values, got {values!r}")
+                raise ConfigError(f"{src}: {kind}: {key}: expected a non-empty list of values, got {shown(values)}")
             if key in ("seed", "name", "out"):
-                hint = " (use seeds: [...])" if key == "seed" else ""
+                hint = " (use seeds: [...])" if key == "seed" else f": {NOT_PER_RUN[key]}" if key in NOT_PER_RUN else ""
                 raise ConfigError(f"{src}: {kind}: {key} cannot be swept{hint}")
+            if key in sweep.fixed:
+                raise ConfigError(f"{src}: {key} is both in fixed and in {kind}; the {kind} values would replace "
+                                  f"the fixed one in every run: keep one")
     lengths = {k: len(v) for k, v in sweep.zip.items()}
     if len(set(lengths.values())) > 1:
         raise ConfigError(f"{src}: zip: the lists must have the same length, got "
@@ -160,11 +182,29 @@ def _check(sweep: Sweep) -> None:
     if both:
         raise ConfigError(f"{src}: {', '.join(sorted(both))} both in grid and in zip")
     if sweep.seeds is not None:
-        if isinstance(sweep.seeds, int) and not isinstance(sweep.seeds, bool):
+        if isinstance(sweep.seeds, int) and not isinstance(sweep.seeds, bool) and 0 < sweep.seeds <= MAX_CELLS:
             sweep.seeds = list(range(sweep.seeds))  # seeds: 3 -> [0, 1, 2]
         if not isinstance(sweep.seeds, list) or not sweep.seeds or \
                 not all(isinstance(s, int) and not isinstance(s, bool) for s in sweep.seeds):
-            raise ConfigError(f"{src}: seeds: expected a non-empty list of integers, got {sweep.seeds!r}")
+            raise ConfigError(f"{src}: seeds: expected a non-empty list of integers or a count from 1 to "
+                              f"{MAX_CELLS:,}, got {shown(sweep.seeds)}")
+    n = count(sweep)
+    if n > MAX_CELLS:
+        sizes = [f"{k}: {len(v)}" for k, v in sweep.grid.items()]
+        sizes += [f"zip: {len(next(iter(sweep.zip.values())))}"] if sweep.zip else []
+        sizes += [f"seeds: {len(sweep.seeds)}"] if sweep.seeds else []
+        raise ConfigError(f"{src}: {n:,} runs ({' x '.join(sizes)}); a sweep has at most {MAX_CELLS:,}: "
+                          f"use fewer values, or split it into several sweep files")
+
+
+def count(sweep: Sweep) -> int:
+    """How many runs a (checked) sweep expands into, without expanding it."""
+    n = 1
+    for values in sweep.grid.values():
+        n *= len(values)
+    if sweep.zip:
+        n *= len(next(iter(sweep.zip.values())))
+    return n * (len(sweep.seeds) if sweep.seeds is not None else 1)
 
 
 def _labels(keys: list[str]) -> dict[str, str]:
@@ -213,7 +253,8 @@ def expand(sweep: Sweep) -> list[Cell]:
         for item in combo:
             for k, v in (item if item and isinstance(item[0], tuple) else (item,)):
                 values[k] = v
-        where = ", ".join(f"{k}={v}" for k, v in values.items()) or "the only run"
+        where = ", ".join(f"{k}={clipped(v, 40) if isinstance(v, str) else shown(v, 40)}"
+                          for k, v in values.items()) or "the only run"
         try:
             cfg = config.from_dict({**sweep.base, "name": sweep.name}, list(sweep.fixed.items()) + list(values.items()),
                                    source=f"{sweep.source} (run {where})")

@@ -46,6 +46,21 @@ _ZT, _WT = torch.from_numpy(_Z), torch.from_numpy(_W)
 
 CRITICAL_TOL = 1e-3  # |chi_1 - 1| below this: the critical phase
 Q_INF = 1e12  # a forward variance above this is taken as diverging (no finite fixed point)
+MAX_DEPTH = 10_000  # layers of a printed profile (10,000 take about half a second)
+MAX_VAR = 1e8  # sigma_w^2, sigma_b^2: beyond this tanh's q* is too large for the quadrature (chi_1 -> 0)
+
+
+def check_inputs(weight_var: float | None, bias_var: float, depth: int | None,
+                 labels: tuple[str, str, str] = ("--weight-var", "--bias-var", "--depth")) -> None:
+    """UserError unless sigma_w^2 is a finite number in (0, MAX_VAR], sigma_b^2 one in [0, MAX_VAR] and
+    the depth (if any) from 0 to MAX_DEPTH. ``labels``: what set each of the three, for the message."""
+    from vgp.errors import finite
+
+    finite(weight_var, labels[0], 0, low_open=True, high=MAX_VAR)
+    finite(bias_var, labels[1], 0, high=MAX_VAR)
+    if depth is not None and not 0 <= depth <= MAX_DEPTH:
+        raise UserError(f"{labels[2]}: {depth} layers; the profile is computed for 0 to {MAX_DEPTH:,} "
+                        f"(the ratio per layer and the depth scale say what happens deeper)")
 
 
 def _act(activation):

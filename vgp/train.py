@@ -85,8 +85,9 @@ def build_model(model_cfg: config.ModelConfig, data: datasets.Data):
 
 def batches(n: int, batch_size: int, seed: int, device):
     """Endless index batches, reshuffled every epoch from the run's seed; (B,) int64 on the device."""
+    if batch_size > n:  # vgp.preflight says so before a run starts; a batch is never silently smaller
+        raise UserError(f"train.batch_size: {batch_size} is more than the {n} training examples")
     gen = torch.Generator().manual_seed(seed + 1)
-    batch_size = min(batch_size, n)
     while True:
         perm = torch.randperm(n, generator=gen).to(device)
         for i in range(0, n - batch_size + 1, batch_size):
@@ -206,6 +207,9 @@ def run(cfg: config.Config, out: str | Path | None = None, force: bool = False, 
     the folder already holds a finished run and ``force`` is False.
     """
     device = pick_device(cfg.device)
+    from vgp import preflight  # what the model, its first step or memory would reject: before any folder exists
+
+    preflight.check(cfg, f"config '{cfg.name}'", device=str(device))
     folder = Path(out if out is not None else cfg.out) / cfg.name
     with contextlib.ExitStack() as stack:
         if lock and not stack.enter_context(results.run_lock(folder)):

@@ -1,5 +1,10 @@
 """Data sets, chosen by short name. Every builder takes the seed and returns a :class:`Data`
-held in memory as tensors (the harness samples batches by index, which is fast and exact)."""
+held in memory as tensors (the harness samples batches by index, which is fast and exact).
+
+Each is registered with the valid ranges of its arguments and a ``shapes`` function that says,
+from the arguments alone, what it will give (:class:`Shapes`): input shape, outputs, set sizes.
+``vgp validate`` checks a model and a batch against that without generating or loading the data
+(file-based sets only read their files' headers, or the small CIFAR-10 batches)."""
 
 from __future__ import annotations
 
@@ -27,6 +32,23 @@ class Data:
         for name in ("x_train", "y_train", "x_test", "y_test"):
             setattr(self, name, getattr(self, name).to(device))
         return self
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What a data set gives, known from its arguments without building it."""
+
+    shape: tuple  # one example's input: (64,) for vectors, (C, H, W) for images, (T, F) for sequences
+    num_outputs: int  # classes, or regression outputs
+    n_train: int
+    n_test: int
+    task: str = "classification"  # or "regression"
+    target: tuple = ()  # one example's target: () a class, (T,) a class per step, (out,) regression values
+
+
+def shapes(spec: dict) -> Shapes:
+    """The :class:`Shapes` of a resolved spec ``{name: ..., **args}`` (may raise DataError: missing files)."""
+    return DATASETS[spec["name"]].meta["shapes"]({k: v for k, v in spec.items() if k != "name"})
 
 
 def standardise(train: torch.Tensor, test: torch.Tensor, per_feature: bool, channel_dim: int | None = None):

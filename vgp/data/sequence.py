@@ -12,11 +12,15 @@ import math
 
 import torch
 
-from vgp.data import DATASETS, Data
-from vgp.data.images import _torchvision_mnist, digits
+from vgp.data import DATASETS, Data, Shapes
+from vgp.data.images import _FILE_SET_RANGES, DIGITS, _mnist_sizes, _torchvision_mnist, digits
+
+_SIZES = {"n_train": "[1, inf)", "n_test": "[1, inf)"}
 
 
-@DATASETS.register("adding", "Hochreiter & Schmidhuber's adding problem: sum the two marked values of a sequence")
+@DATASETS.register("adding", "Hochreiter & Schmidhuber's adding problem: sum the two marked values of a sequence",
+                   ranges={"seq_len": "[2, inf)", **_SIZES},
+                   shapes=lambda a: Shapes((a["seq_len"], 2), 1, a["n_train"], a["n_test"], "regression", (1,)))
 def adding(seed, seq_len: int = 100, n_train: int = 10000, n_test: int = 1000):
     """x[:, t] = (value ~ U(0, 1), marker); one marker in each half; target the marked sum.
 
@@ -37,7 +41,11 @@ def adding(seed, seq_len: int = 100, n_train: int = 10000, n_test: int = 1000):
                 {"task_metric": "mse", "task_baseline": 1 / 6})
 
 
-@DATASETS.register("copy", "the copy-memory task: repeat `length` symbols after a delay of `seq_len` blanks")
+@DATASETS.register("copy", "the copy-memory task: repeat `length` symbols after a delay of `seq_len` blanks",
+                   ranges={"seq_len": "[1, inf)", "length": "[1, inf)", "symbols": "[1, inf)", **_SIZES},
+                   shapes=lambda a: Shapes((a["seq_len"] + 2 * a["length"], a["symbols"] + 2), a["symbols"] + 1,
+                                           a["n_train"], a["n_test"], "classification",
+                                           (a["seq_len"] + 2 * a["length"],)))
 def copy(seed, seq_len: int = 100, length: int = 10, symbols: int = 8, n_train: int = 10000, n_test: int = 1000):
     """Arjovsky et al. 2016: ``length`` symbols from 1..symbols, seq_len - 1 blanks (0), a delimiter
     (symbols + 1), ``length`` blanks; the targets are blanks, then the symbols. Inputs one-hot.
@@ -58,6 +66,11 @@ def copy(seed, seq_len: int = 100, length: int = 10, symbols: int = 8, n_train: 
                 "classification", {"task_metric": "cross_entropy", "task_baseline": baseline})
 
 
+def _seq_shape(side: int, order: str) -> tuple:
+    """(T, F) of square side x side images read pixel by pixel or row by row."""
+    return (side * side, 1) if order == "pixel" else (side, side)
+
+
 def _as_sequence(d: Data, order: str, permute: bool) -> Data:
     """Images (N, 1, H, W) read pixel by pixel (T = H W, F = 1) or row by row (T = H, F = W)."""
     n_pix = d.x_train[0].numel()
@@ -76,13 +89,16 @@ def _as_sequence(d: Data, order: str, permute: bool) -> Data:
 
 
 @DATASETS.register("seq_digits", "scikit-learn's digits as sequences: 64 pixels or 8 rows, optionally permuted",
-                   choices={"order": ["pixel", "row"]})
+                   choices={"order": ["pixel", "row"]}, ranges={"n_test": f"[1, {DIGITS - 1}]"},
+                   shapes=lambda a: Shapes(_seq_shape(8, a["order"]), 10, DIGITS - a["n_test"], a["n_test"]))
 def seq_digits(seed, order: str = "pixel", permute: bool = False, n_test: int = 297):
     return _as_sequence(digits(seed, n_test), order, permute)
 
 
 @DATASETS.register("seq_mnist", "MNIST as sequences: 784 pixels (sequential/permuted MNIST) or 28 rows",
-                   choices={"order": ["pixel", "row"]})
+                   choices={"order": ["pixel", "row"]}, ranges=_FILE_SET_RANGES,
+                   shapes=lambda a: Shapes(_seq_shape(28, a["order"]), 10,
+                                           *_mnist_sizes("MNIST", a["root"], a["download"], a["n_train"], a["n_test"])))
 def seq_mnist(seed, order: str = "pixel", permute: bool = False, root: str = "data", download: bool = False,
               n_train: int = 0, n_test: int = 0):
     return _as_sequence(_torchvision_mnist("MNIST", root, download, n_train, n_test), order, permute)

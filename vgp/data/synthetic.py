@@ -6,10 +6,14 @@ import math
 
 import torch
 
-from vgp.data import DATASETS, Data, standardise
+from vgp.data import DATASETS, Data, Shapes, standardise
+
+_SIZES = {"n_train": "[1, inf)", "n_test": "[1, inf)"}
 
 
-@DATASETS.register("teacher", "Gaussian inputs labelled by a fixed random teacher network (argmax of its outputs)")
+@DATASETS.register("teacher", "Gaussian inputs labelled by a fixed random teacher network (argmax of its outputs)",
+                   ranges={"dim": "[1, inf)", "classes": "[2, inf)", "hidden": "[1, inf)", **_SIZES},
+                   shapes=lambda a: Shapes((a["dim"],), a["classes"], a["n_train"], a["n_test"]))
 def teacher(seed, dim: int = 64, classes: int = 10, hidden: int = 128, n_train: int = 4096, n_test: int = 1024):
     g = torch.Generator().manual_seed(seed)
     n = n_train + n_test
@@ -21,7 +25,9 @@ def teacher(seed, dim: int = 64, classes: int = 10, hidden: int = 128, n_train: 
     return Data(xtr, y[:n_train], xte, y[n_train:], (dim,), classes)
 
 
-@DATASETS.register("spirals", "intertwined spirals in 2-D, one arm per class")
+@DATASETS.register("spirals", "intertwined spirals in 2-D, one arm per class",
+                   ranges={"classes": "[2, inf)", "turns": "[0, inf)", "noise": "[0, inf)", **_SIZES},
+                   shapes=lambda a: Shapes((2,), a["classes"], a["n_train"], a["n_test"]))
 def spirals(seed, classes: int = 2, turns: float = 1.5, noise: float = 0.1, n_train: int = 2000, n_test: int = 1000):
     g = torch.Generator().manual_seed(seed)
     n = n_train + n_test

@@ -1,0 +1,387 @@
+"""Will this config run? What building its model and its first step would reject, found before
+anything is written, and whether it fits in memory.
+
+``check(cfg, source)`` raises ConfigError naming the file (``source``) and the key. It looks at:
+
+- the data set's :class:`vgp.data.Shapes`, from its arguments (files: their headers) without
+  loading it: a batch larger than the training set, a net that does not fit the data's shape;
+- a *miniature* of the net: the same architecture, depth, norm, skip and activation, 1 to 3 units
+  wide, built on the CPU and put through a forward and backward pass of a batch of one or two
+  examples (a batch of one if the config's batch is one: batch norm needs two values per channel
+  in training), and an evaluation pass. Whatever PyTorch raises there is the config's mistake;
+- the weight inits, run on small tensors (their own argument checks). The optimizers are not built
+  (constructing one imports torch._dynamo, seconds): their registered ranges and rules are
+  PyTorch's own checks;
+- depth: PyTorch frees the graph of a backward pass that had tensor hooks (the recorder's
+  ``output_grad``) recursively, one C stack frame chain per layer, and a net deeper than the stack
+  allows crashes with a segmentation fault after its first step (about 25,000 layers with Linux's
+  8 MiB stack); ``max_depth`` keeps a margin of 2.5x below that;
+- memory: parameters, gradients and optimizer state (exact counts: a parameter count is a
+  quadratic in the width, fitted exactly on the miniatures), the tensors autograd saves for a batch
+  (measured on the miniatures, linear in the width and the batch), evaluation and the data set,
+  against the memory available now (``/proc/meminfo``'s MemAvailable, or the GPU's free memory).
+
+The miniatures do not depend on the width or the batch size, so a sweep checks one per distinct
+architecture/depth/activation/data shape (cached), and the rest per cell is arithmetic.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import resource
+import time
+import warnings
+from dataclasses import dataclass
+
+from vgp.errors import ConfigError, UserError, clipped
+
+FLOAT = 4  # bytes: everything vgp trains is float32
+STACK_BYTES_PER_LAYER = 800  # measured: ~330 bytes of C stack per hooked layer when a graph is freed
+T_PROBE = (4, 8)  # sequence lengths of recurrent miniatures (their memory is linear in T)
+
+
+def max_depth() -> int:
+    """The deepest net (layers in a chain) whose graph this process can free: RLIMIT_STACK / 800."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 100_000
+    return max(100, soft // STACK_BYTES_PER_LAYER)
+
+
+def _stack_text() -> str:
+    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
+    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft / 2**20:g} MiB"
+
+
+def check(cfg, source: str = "config", label=None, device: str | None = None) -> None:
+    """Raise ConfigError if ``cfg`` (a validated :class:`vgp.config.Config`) would fail to build,
+    fail its first step, or not fit in memory. ``label(key)``: who set a key (the file, or an
+    override), for the message; ``device``: where it will run (default: ``cfg.device``)."""
+    label = label or (lambda key: source)
+
+    def bad(key, msg):
+        raise ConfigError(f"{label(key)}: {key}: {msg}")
+
+    from vgp import data as datasets
+
+    try:
+        shapes = datasets.shapes(cfg.data)
+    except UserError as e:
+        raise ConfigError(f"{label('data')}: data: {e}") from None
+    m, t = cfg.model, cfg.train
+    name = cfg.data["name"]
+    if t.batch_size > shapes.n_train:
+        bad("train.batch_size", f"{t.batch_size} is more than the {shapes.n_train} training examples of data "
+                                f"'{name}'; use at most {shapes.n_train} (or more data)")
+    if m.arch == "resnet" and len(shapes.shape) != 3:
+        bad("model.arch", f"a resnet needs image data of shape (C, H, W); data '{name}' gives inputs of shape "
+                          f"{shapes.shape} (image sets: digits, mnist, fashion_mnist, cifar10)")
+    if m.arch in ("rnn", "lstm", "gru") and len(shapes.shape) != 2:
+        bad("model.arch", f"{m.arch} needs sequences of shape (T, F); data '{name}' gives inputs of shape "
+                          f"{shapes.shape} (sequence sets: adding, copy, seq_digits, seq_mnist)")
+    chain = m.depth + 1 if m.arch == "mlp" else m.depth
+    limit = max_depth()
+    if chain > limit:
+        bad("model.depth", f"{m.depth} layers is too deep for this process: PyTorch frees the graph of a recorded "
+                           f"step recursively, layer by layer, and beyond about {int(limit * 2.5):,} layers that "
+                           f"overflows the C stack ({_stack_text()}) and crashes with a segmentation fault; use "
+                           f"at most {limit:,} layers, or raise the stack limit (ulimit -s)")
+
+    recurrent = m.arch in ("rnn", "lstm", "gru")
+    probe = _probe(m.arch, m.depth, m.norm, m.skip, _frozen(m.activation), m.forget_bias, shapes.shape,
+                   shapes.num_outputs, shapes.task, shapes.target, t.batch_size == 1)
+    if probe.error and "more than 1 value per channel" in probe.error:
+        bad(probe.key, f"{t.batch_size} with model.norm=batchnorm: batch norm needs more than one value per "
+                       f"channel in training (PyTorch: {probe.error}); use train.batch_size >= 2 or another "
+                       f"model.norm")
+    if probe.error:
+        bad(probe.key, f"PyTorch rejects this {probe.where}: {probe.error}")
+    for key, spec in (("model.init", m.init), ("model.bias_init", m.bias_init), ("model.recurrent_init",
+                                                                                m.recurrent_init)):
+        if key == "model.recurrent_init" and not recurrent:
+            continue
+        problem = _init_problem(_frozen(spec), key == "model.bias_init", _frozen(m.activation))
+        if problem:
+            bad(key, f"PyTorch rejects this init: {problem}")
+    _check_memory(cfg, shapes, probe, device or cfg.device, label)
+
+
+# -- the miniatures --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Probe:
+    """What the miniatures of one architecture told: parameter count and saved bytes as functions of
+    the width (and, recurrent, of T), or the error PyTorch raised (with the key to blame)."""
+    params: tuple = (0, 0, 0)  # P(w) = a + b w + c w^2
+    saved: tuple = (0, 0, 0, 0)  # bytes autograd saves per example: s0 + s1 w + s2 T + s3 w T
+    eval_out: tuple = (0, 0, 0, 0)  # largest module output per example (elements), same form
+    error: str | None = None
+    key: str = ""
+    where: str = ""
+
+
+def _frozen(value):
+    """A hashable copy of a spec (dicts and lists become sorted tuples), for the caches."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _thaw(value):
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in value}
+
+
+@functools.lru_cache(maxsize=4096)
+def _probe(arch, depth, norm, skip, activation, forget_bias, shape, num_outputs, task, target,
+           one_example: bool) -> Probe:
+    import torch
+
+    recurrent = arch in ("rnn", "lstm", "gru")
+    lengths = T_PROBE if recurrent else (None,)
+    params, saved, outs = {}, {}, {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: more threads only wait on each other (seconds, on a busy CPU)
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # no RNG moved, no warnings shown
+            warnings.simplefilter("ignore")
+            for width in (1, 2, 3):
+                for T in lengths:
+                    p, s, o = _miniature(arch, depth, norm, skip, _thaw(activation), forget_bias, shape, num_outputs,
+                                         task, target, one_example, width, T, backward=width > 1)
+                    params[width] = p
+                    if width > 1:
+                        saved[width, T], outs[width, T] = s, o
+    except _Rejected as e:
+        return Probe(error=e.message, key=e.key, where=e.where)
+    finally:
+        torch.set_num_threads(threads)
+    a, b, c = _quadratic(params[1], params[2], params[3])
+    if recurrent:
+        return Probe((a, b, c), _bilinear(saved, T_PROBE), _bilinear(outs, T_PROBE))
+    (w0, w1) = (2, 3)
+    s1 = saved[w1, None] - saved[w0, None]
+    o1 = outs[w1, None] - outs[w0, None]
+    return Probe((a, b, c), (saved[w0, None] - w0 * s1, s1, 0, 0), (outs[w0, None] - w0 * o1, o1, 0, 0))
+
+
+class _Rejected(Exception):
+    def __init__(self, key, where, message):
+        super().__init__(message)
+        self.key, self.where, self.message = key, where, message
+
+
+def _miniature(arch, depth, norm, skip, activation, forget_bias, shape, num_outputs, task, target, one_example,
+               width, T, backward) -> tuple[int, float, float]:
+    """Build the net ``width`` units wide (sequences cut to ``T`` steps) and, if ``backward``, run a
+    training step and an evaluation pass on zeros. Returns (parameters, bytes saved for backward per
+    example, largest module output per example in elements)."""
+    import torch
+
+    from vgp import config, train
+    from vgp.data import Data
+
+    if T is not None:
+        per_step = task == "classification" and len(target) == 1  # a class per time step
+        shape = (T, shape[1])
+        target = (T,) if per_step else target
+    default = {"name": "default"}
+    model_cfg = config.ModelConfig(arch=arch, depth=depth, width=width, activation=activation, init=default,
+                                   bias_init=default, norm=norm, skip=skip, recurrent_init=default,
+                                   forget_bias=forget_bias)
+    n = 1 if one_example else 2
+    x = torch.zeros((n,) + tuple(shape))
+    y = torch.zeros((n,) + tuple(target), dtype=torch.int64 if task == "classification" else torch.float32)
+    data = Data(x, y, x, y, tuple(shape), num_outputs, task, name="preflight")
+    try:
+        model, _ = train.build_model(model_cfg, data)
+    except UserError as e:
+        raise _Rejected("model.arch", "model", str(e)) from None
+    except Exception as e:  # noqa: BLE001 - whatever PyTorch raises is the config's mistake
+        raise _Rejected("model", "model", f"{type(e).__name__}: {clipped(e)}") from None
+    params = sum(p.numel() for p in model.parameters())
+    if not backward:
+        return params, 0.0, 0.0
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = max(storages.get(st.data_ptr(), 0), st.nbytes())
+        return t
+
+    largest = [0]
+
+    def sizes(module, inputs, output):
+        if isinstance(output, torch.Tensor) and not list(module.children()):
+            largest[0] = max(largest[0], output.numel())
+
+    try:
+        model.train()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = train.loss_fn(task)(model(x), y)
+        loss.backward()
+        handles = [mod.register_forward_hook(sizes) for mod in model.modules()]
+        model.eval()
+        with torch.no_grad():
+            model(x)
+        for h in handles:
+            h.remove()
+    except Exception as e:  # noqa: BLE001
+        key = "train.batch_size" if one_example and "more than 1 value" in str(e) else "model"
+        raise _Rejected(key, "model and batch", f"{type(e).__name__}: {clipped(e)}") from None
+    return params, sum(storages.values()) / n, largest[0] / n
+
+
+def _quadratic(p1, p2, p3) -> tuple[int, int, int]:
+    """Exact a, b, c of P(w) = a + b w + c w^2 from P(1), P(2), P(3)."""
+    c2 = p3 - 2 * p2 + p1  # = 2c
+    b = p2 - p1 - 3 * c2 // 2
+    return p1 - b - c2 // 2, b, c2 // 2
+
+
+def _bilinear(values: dict, lengths) -> tuple:
+    """s0 + s1 w + s2 T + s3 w T through the four points (w, T) in {2, 3} x lengths."""
+    (t0, t1) = lengths
+    f = {k: v for k, v in values.items()}
+    s3 = ((f[3, t1] - f[2, t1]) - (f[3, t0] - f[2, t0])) / (t1 - t0)
+    s1 = (f[3, t0] - f[2, t0]) - s3 * t0
+    s2 = ((f[2, t1] - f[2, t0]) / (t1 - t0)) - s3 * 2
+    s0 = f[2, t0] - 2 * s1 - s2 * t0 - s3 * 2 * t0
+    return s0, s1, s2, s3
+
+
+def _at(form: tuple, width: int, T: int | None) -> float:
+    s0, s1, s2, s3 = form
+    T = T or 0
+    return max(0.0, s0 + s1 * width + s2 * T + s3 * width * T)
+
+
+@functools.lru_cache(maxsize=1024)
+def _init_problem(spec, bias: bool, activation) -> str | None:
+    """What PyTorch says when this init runs on a small Linear and a small conv weight, or None."""
+    import torch
+
+    from vgp import activations, inits
+
+    default = {"name": "default"}
+    spec = _thaw(spec)
+    act = activations.get(_thaw(activation))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for shape in ((3, 2), (2, 3), (3, 2, 3, 3)):
+                w, b = torch.empty(shape), torch.empty(shape[0])
+                inits.init_tensors(w, b, act, default if bias else spec, spec if bias else default)
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {clipped(e)}"
+    return None
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+def _check_memory(cfg, shapes, probe: Probe, device: str, label) -> None:
+    from vgp.optim import state_copies
+
+    m, t = cfg.model, cfg.train
+    recurrent = m.arch in ("rnn", "lstm", "gru")
+    T = shapes.shape[0] if recurrent else None
+    a, b, c = probe.params
+    n_params = a + b * m.width + c * m.width ** 2
+    copies = 2 + state_copies(t.optimizer) + ("update_ratio" in cfg.log.kinds)  # weights, grads, state, snapshot
+    weights = n_params * FLOAT * copies
+    # autograd's saved tensors for a batch, the gradients flowing back (about as large again, at the
+    # widest point: counted as half), and the recorder's per-time-step gradients of recurrent nets
+    acts = _at(probe.saved, m.width, T) * t.batch_size * 1.5
+    if recurrent:
+        acts += t.batch_size * T * m.depth * m.width * FLOAT
+    chunk = min(4096, shapes.n_test)  # vgp.train.evaluate's chunks
+    evals = chunk * FLOAT * 3 * (_at(probe.eval_out, m.width, T) + (3 * T * m.width if recurrent else 0))
+    per_example = math.prod(shapes.shape) * FLOAT + math.prod(shapes.target or (1,)) * 8
+    data = (shapes.n_train + shapes.n_test) * per_example
+    needed = weights + acts + evals
+    kind = _device_kind(device)
+    parts = {"parameters, gradients and optimizer state": weights, f"activations of a batch of {t.batch_size}": acts,
+             "evaluation": evals}
+    if kind == "cpu":
+        # building a data set holds it about three times (generated, standardised, split)
+        need_host, parts["data"] = needed + 3 * data, 3 * data
+        _compare(need_host, _available_host(), "memory", parts, label)
+    else:
+        _compare(3 * data, _available_host(), "memory", {"data (while it is built)": 3 * data}, label)
+        parts["data"] = data
+        free = _available_cuda(kind)
+        if free is not None:
+            _compare(needed + data, free, f"GPU memory on {kind}", parts, label)
+
+
+def _compare(needed: float, available: float | None, what: str, parts: dict, label) -> None:
+    if available is None or needed <= available:
+        return
+    detail = ", ".join(f"{k} {_size(v)}" for k, v in parts.items() if v >= 0.01 * needed)
+    raise ConfigError(f"{label('model')}: this run needs about {_size(needed)} of {what} ({detail}) but "
+                      f"{_size(available)} is available; make model.width, model.depth, train.batch_size or the "
+                      f"data set smaller")
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.3g} EiB"
+
+
+@functools.lru_cache(maxsize=64)
+def _device_kind(device: str) -> str:
+    """'cpu', or 'cuda:N' where CUDA is here ('auto' as vgp.train.pick_device decides). A GPU that is
+    not here is judged by the host's memory only: validating on a login node must not fail."""
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu" if device == "auto" else "elsewhere"
+    if device in ("auto", "cuda"):
+        return "cuda:0"
+    return device
+
+
+_HOST = {"at": 0.0, "bytes": None}
+
+
+def _available_host() -> float | None:
+    """MemAvailable from /proc/meminfo (read at most once a second: sweeps check thousands of runs)."""
+    now = time.monotonic()
+    if now - _HOST["at"] > 1.0:
+        _HOST["at"], _HOST["bytes"] = now, _read_meminfo()
+    return _HOST["bytes"]
+
+
+def _read_meminfo() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _available_cuda(kind: str) -> float | None:
+    if not kind.startswith("cuda"):
+        return None
+    import torch
+
+    index = int(kind.split(":")[1]) if ":" in kind else 0
+    if index >= torch.cuda.device_count():
+        return None  # vgp.train.pick_device says so, before anything is written
+    try:
+        return float(torch.cuda.mem_get_info(index)[0])
+    except RuntimeError:
+        return None
