@@ -289,6 +289,15 @@ def _labeller(source: str, pairs: list[tuple[str, Any]], texts: list[str] | None
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
+def key_problem(key) -> str | None:
+    """Why ``key`` is not a dotted key like ``model.depth`` (None if it is one)."""
+    if isinstance(key, str) and _KEY.match(key):
+        return None
+    why = ("an empty part between dots" if isinstance(key, str) and any(not p for p in key.split(".")) else
+           "keys are dotted names of letters, digits and '_'")
+    return f"{shown(key)} is not a key ({why}), for example model.depth"
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     """``['model.depth=40', 'seed=3']`` -> ``[('model.depth', 40), ('seed', 3)]`` (YAML scalars)."""
     out = []
@@ -296,11 +305,8 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {clipped(item, 80)}: expected key=value, for example model.depth=40")
-        if not _KEY.match(key):
-            why = ("an empty part between dots" if any(not p for p in key.split(".")) else
-                   "keys are dotted names of letters, digits and '_'")
-            raise ConfigError(f"override {clipped(item, 80)}: {shown(key)} is not a key ({why}), "
-                              f"for example model.depth=40")
+        if key_problem(key):
+            raise ConfigError(f"override {clipped(item, 80)}: {key_problem(key)}=40")
         try:
             value = load_yaml_text(text) if text.strip() else ""
         except DuplicateKeyError as e:

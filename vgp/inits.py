@@ -56,7 +56,8 @@ def identity(w, ctx, scale: float = 1.0):
     w.mul_(scale)
 
 
-@INITS.register("xavier_uniform", "Glorot & Bengio 2010: U(+-gain sqrt(6/(fan_in+fan_out)))", ranges={"gain": "[0, inf)"})
+@INITS.register("xavier_uniform", "Glorot & Bengio 2010: U(+-gain sqrt(6/(fan_in+fan_out)))",
+                ranges={"gain": "[0, inf)"})
 def xavier_uniform(w, ctx, gain: float = 1.0):
     nn.init.xavier_uniform_(w, gain=gain)
 

@@ -40,6 +40,8 @@ from vgp.errors import ConfigError, UserError, clipped
 FLOAT = 4  # bytes: everything vgp trains is float32
 STACK_BYTES_PER_LAYER = 800  # measured: ~330 bytes of C stack per hooked layer when a graph is freed
 T_PROBE = (4, 8)  # sequence lengths of recurrent miniatures (their memory is linear in T)
+MAX_EXAMPLE = 10 ** 6  # values in one example (CIFAR-10: 3,072; a 3x224x224 image: 150,528)
+MAX_OUTPUTS = 10 ** 6  # classes or regression outputs
 
 
 def max_depth() -> int:
@@ -89,8 +91,18 @@ def check(cfg, source: str = "config", label=None, device: str | None = None) ->
                            f"overflows the C stack ({_stack_text()}) and crashes with a segmentation fault; use "
                            f"at most {limit:,} layers, or raise the stack limit (ulimit -s)")
 
+    # sizes the miniatures themselves could not hold (their first and last layers scale with them)
+    values = math.prod(shapes.shape)
+    if values > MAX_EXAMPLE:
+        bad("data", f"one example of data '{name}' has {values:,} values (shape {shapes.shape}); at most "
+                    f"{MAX_EXAMPLE:,} (data sets are held in memory)")
+    if shapes.num_outputs > MAX_OUTPUTS:
+        bad("data", f"data '{name}' asks for {shapes.num_outputs:,} outputs (classes); at most {MAX_OUTPUTS:,}")
+    build = _data_bytes(shapes)[1]
+    _compare(build, _available_host(), "memory", {"data (while it is built)": build}, label)
+
     recurrent = m.arch in ("rnn", "lstm", "gru")
-    probe = _probe(m.arch, m.depth, m.norm, m.skip, _frozen(m.activation), m.forget_bias, shapes.shape,
+    probe = _probe(m.arch, m.depth, m.norm, m.skip, _frozen(m.activation), _forget_bias(m), shapes.shape,
                    shapes.num_outputs, shapes.task, shapes.target, t.batch_size == 1)
     if probe.error and "more than 1 value per channel" in probe.error:
         bad(probe.key, f"{t.batch_size} with model.norm=batchnorm: batch norm needs more than one value per "
@@ -120,6 +132,10 @@ class Probe:
     error: str | None = None
     key: str = ""
     where: str = ""
+
+
+def _forget_bias(m):
+    return m.forget_bias if m.arch == "lstm" else None  # the other nets do not use it: one probe for all
 
 
 def _frozen(value):
@@ -281,39 +297,62 @@ def _init_problem(spec, bias: bool, activation) -> str | None:
 
 # -- memory ----------------------------------------------------------------------------------------
 
-def _check_memory(cfg, shapes, probe: Probe, device: str, label) -> None:
+def estimate(cfg, shapes=None, probe: Probe | None = None) -> dict:
+    """Bytes a run of ``cfg`` needs: ``weights`` (parameters, gradients, optimizer state, the recorder's
+    snapshot for update_ratio), ``activations`` (what autograd keeps for a batch, plus the gradients
+    flowing back), ``evaluation`` (a no-grad pass over a chunk of the test set), ``data`` (the
+    tensors of the data set, once) and ``data_build`` (host memory while it is built: generated,
+    standardised and split, about three times the tensors, and whatever else its builder holds)."""
+    from vgp import data as datasets
     from vgp.optim import state_copies
 
     m, t = cfg.model, cfg.train
+    shapes = shapes or datasets.shapes(cfg.data)
     recurrent = m.arch in ("rnn", "lstm", "gru")
+    probe = probe or _probe(m.arch, m.depth, m.norm, m.skip, _frozen(m.activation), _forget_bias(m), shapes.shape,
+                            shapes.num_outputs, shapes.task, shapes.target, t.batch_size == 1)
     T = shapes.shape[0] if recurrent else None
     a, b, c = probe.params
     n_params = a + b * m.width + c * m.width ** 2
-    copies = 2 + state_copies(t.optimizer) + ("update_ratio" in cfg.log.kinds)  # weights, grads, state, snapshot
-    weights = n_params * FLOAT * copies
+    # weights, gradients, optimizer state, the recorder's snapshot, and the step's temporaries (PyTorch's
+    # foreach kernels: one parameter-sized tensor, two for the adaptive methods)
+    temporaries = 1 if t.optimizer["name"] == "sgd" else 2
+    copies = 2 + state_copies(t.optimizer) + ("update_ratio" in cfg.log.kinds) + temporaries
     # autograd's saved tensors for a batch, the gradients flowing back (about as large again, at the
     # widest point: counted as half), and the recorder's per-time-step gradients of recurrent nets
     acts = _at(probe.saved, m.width, T) * t.batch_size * 1.5
     if recurrent:
         acts += t.batch_size * T * m.depth * m.width * FLOAT
-    chunk = min(4096, shapes.n_test)  # vgp.train.evaluate's chunks
-    evals = chunk * FLOAT * 3 * (_at(probe.eval_out, m.width, T) + (3 * T * m.width if recurrent else 0))
+    chunk = min(4096, shapes.n_test)  # vgp.train.evaluate's chunks: input, output and a skip alive at once
+    evals = chunk * FLOAT * 3 * (_at(probe.eval_out, m.width, T) + (T * m.width if recurrent else 0))
+    data, build = _data_bytes(shapes)
+    return {"parameters": n_params, "weights": n_params * FLOAT * copies, "activations": acts, "evaluation": evals,
+            "data": data, "data_build": build}
+
+
+def _data_bytes(shapes) -> tuple[int, int]:
+    """(the data set's tensors, the host memory while it is built: generated, standardised and split,
+    about three times the tensors, and whatever else its builder holds)."""
     per_example = math.prod(shapes.shape) * FLOAT + math.prod(shapes.target or (1,)) * 8
     data = (shapes.n_train + shapes.n_test) * per_example
-    needed = weights + acts + evals
+    return data, 3 * data + shapes.build_bytes
+
+
+def _check_memory(cfg, shapes, probe: Probe, device: str, label) -> None:
+    e = estimate(cfg, shapes, probe)
+    needed = e["weights"] + e["activations"] + e["evaluation"]
+    parts = {"parameters, gradients and optimizer state": e["weights"],
+             f"activations of a batch of {cfg.train.batch_size}": e["activations"], "evaluation": e["evaluation"]}
     kind = _device_kind(device)
-    parts = {"parameters, gradients and optimizer state": weights, f"activations of a batch of {t.batch_size}": acts,
-             "evaluation": evals}
     if kind == "cpu":
-        # building a data set holds it about three times (generated, standardised, split)
-        need_host, parts["data"] = needed + 3 * data, 3 * data
-        _compare(need_host, _available_host(), "memory", parts, label)
+        parts["data (while it is built)"] = e["data_build"]
+        _compare(needed + e["data_build"], _available_host(), "memory", parts, label)
     else:
-        _compare(3 * data, _available_host(), "memory", {"data (while it is built)": 3 * data}, label)
-        parts["data"] = data
+        _compare(e["data_build"], _available_host(), "memory", {"data (while it is built)": e["data_build"]}, label)
+        parts["data"] = e["data"]
         free = _available_cuda(kind)
         if free is not None:
-            _compare(needed + data, free, f"GPU memory on {kind}", parts, label)
+            _compare(needed + e["data"], free, f"GPU memory on {kind}", parts, label)
 
 
 def _compare(needed: float, available: float | None, what: str, parts: dict, label) -> None:

@@ -159,6 +159,10 @@ def _check(sweep: Sweep) -> None:
     if not config._NAME.match(sweep.name) or len(sweep.name) > config.MAX_NAME:
         raise ConfigError(f"{src}: name: {shown(sweep.name)} may only use letters, digits, '.', '_' and '-' "
                           f"(at most {config.MAX_NAME})")
+    for kind in ("fixed", "grid", "zip"):
+        for key in getattr(sweep, kind):
+            if config.key_problem(key):
+                raise ConfigError(f"{src}: {kind}: {config.key_problem(key)}")
     for key in sweep.fixed:
         if key in NOT_PER_RUN:
             raise ConfigError(f"{src}: fixed: {key} cannot be set for the runs of a sweep: {NOT_PER_RUN[key]}")

@@ -44,6 +44,7 @@ class Shapes:
     n_test: int
     task: str = "classification"  # or "regression"
     target: tuple = ()  # one example's target: () a class, (T,) a class per step, (out,) regression values
+    build_bytes: int = 0  # memory the builder needs for a while besides the tensors (e.g. a teacher network)
 
 
 def shapes(spec: dict) -> Shapes:

@@ -11,9 +11,16 @@ from vgp.data import DATASETS, Data, Shapes, standardise
 _SIZES = {"n_train": "[1, inf)", "n_test": "[1, inf)"}
 
 
+def _teacher_bytes(dim, classes, hidden, n_train, n_test) -> int:
+    """The teacher's weights and its hidden and output activations for every example, in float32."""
+    n = n_train + n_test
+    return 4 * (dim * hidden + hidden * classes + 2 * n * hidden + n * classes)
+
+
 @DATASETS.register("teacher", "Gaussian inputs labelled by a fixed random teacher network (argmax of its outputs)",
                    ranges={"dim": "[1, inf)", "classes": "[2, inf)", "hidden": "[1, inf)", **_SIZES},
-                   shapes=lambda a: Shapes((a["dim"],), a["classes"], a["n_train"], a["n_test"]))
+                   shapes=lambda a: Shapes((a["dim"],), a["classes"], a["n_train"], a["n_test"],
+                                           build_bytes=_teacher_bytes(**a)))
 def teacher(seed, dim: int = 64, classes: int = 10, hidden: int = 128, n_train: int = 4096, n_test: int = 1024):
     g = torch.Generator().manual_seed(seed)
     n = n_train + n_test
