@@ -524,6 +524,13 @@ def test_run_config_given_to_sweep_and_sweep_file_given_to_run(tmp_path, cli):
     assert not (tmp_path / "out").exists()
 
 
+def test_run_and_sweep_agree_on_what_a_sweep_file_is(tmp_path):
+    path = write(tmp_path, {"name": "one", "fixed": {"model.depth": 2}}, "one.yaml")  # no base, grid or seeds
+    with pytest.raises(ConfigError, match="this is a sweep file"):
+        config.load(path)
+    assert [c.cfg.model.depth for c in sweepmod.load(path).cells] == [2]  # a sweep of one run
+
+
 def test_config_keys_at_the_top_of_a_sweep_file_say_where_they_go(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown sweep key 'model'.*\(config keys go into base: or fixed:\)"):
         sweepmod.load(write_sweep(tmp_path, seeds=[0], model={"depth": 3}))

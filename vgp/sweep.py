@@ -77,8 +77,9 @@ class Sweep:
 
 
 def is_sweep_file(raw: dict) -> bool:
-    """A sweep file, not a run config: it has a grid, zip, base or seeds key."""
-    return any(k in raw for k in ("grid", "zip", "base", "seeds"))
+    """A sweep file, not a run config: it has a key only sweep files have (base, fixed, grid, zip, seeds,
+    launcher). ``vgp run`` and ``vgp sweep`` use the same test, so each says the other is meant."""
+    return any(k in raw for k in config.SWEEP_ONLY_KEYS)
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> Sweep:
@@ -90,9 +91,9 @@ def load(path: str | Path, overrides: list[str] = ()) -> Sweep:
 
 def from_dict(raw: dict, overrides: list[str] = (), source: str = "sweep", root: Path = Path(".")) -> Sweep:
     if not is_sweep_file(raw):
-        raise ConfigError(f"{source}: a sweep file was expected, but this looks like a run config (it has no base, "
-                          f"grid, zip or seeds); run it with: vgp run {source}; or write a sweep file whose base: "
-                          f"is this file (see configs/sweeps/)")
+        raise ConfigError(f"{source}: a sweep file was expected, but this looks like a run config (it has none of "
+                          f"{', '.join(config.SWEEP_ONLY_KEYS)}); run it with: vgp run {source}; or write a sweep "
+                          f"file whose base: is this file (see configs/sweeps/)")
     for key in raw:
         if key not in SWEEP_KEYS:
             hint = " (config keys go into base: or fixed:)" if key in config.fields_of(config.Config) else ""
