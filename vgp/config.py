@@ -266,7 +266,8 @@ def _check(cfg: Config, label) -> None:
             bad("model.norm", "a resnet takes none or batchnorm")
     if m.arch in ("rnn", "lstm", "gru"):
         if m.norm != "none" or m.skip:
-            bad("model.norm/model.skip", f"{m.arch} takes neither (norm: none, skip: false)")
+            bad("model.norm" if m.norm != "none" else "model.skip",
+                f"{m.arch} takes neither a norm nor skips (norm: none, skip: false)")
         if m.depth < 1:
             bad("model.depth", f"{m.arch} needs at least 1 layer, got {m.depth}")
 
