@@ -171,6 +171,7 @@ def test_failed_run_is_recorded_does_not_stop_others_and_retries(tmp_path, cli):
     assert r.returncode == 1 and "(2 run now)" in r.stderr
     after = metas(sweep_dir)  # the failed runs were tried again ("2 run now"), the others left alone
     assert all(after[i] == before[i] for i in before if i not in failed)
+    assert all(after[i]["ended"] != before[i]["ended"] for i in failed)  # each retry leaves its own record
 
 
 def _descendants(pid: int) -> list[int]:

@@ -70,8 +70,10 @@ def run(
 
 def _run_line(s: dict) -> str:
     """'completed: 300 steps in 2.4 s, loss 2.26, test acc 0.137; gradients vanishing (x0.14 per layer)'."""
-    def num(v):
-        return "-" if v is None or v != v else f"{v:.3g}"
+    from vgp.analysis import _num
+
+    def num(v, *sides):  # digits enough to stay on the right side of the verdict's thresholds
+        return "-" if v is None or v != v else _num(v, *sides)
 
     line = f"{s['status']}: {s['steps_done']} steps in {num(s['wall_s'])} s, loss {num(s['final_loss'])}"
     if s.get("final_test_acc") is not None:
@@ -88,7 +90,7 @@ def _run_line(s: dict) -> str:
         for key, per in (("decay_per_layer", "layer"), ("decay_per_step", "time step")):
             rate = s.get(key)
             if rate is not None and rate == rate:
-                line += f" (x{num(rate)} per {per})"
+                line += f" (x{num(rate, 1.0)} per {per})"
                 break
     return line
 
@@ -185,6 +187,14 @@ def diagnose(
 
     from vgp import analysis
 
+    from vgp.errors import finite
+
+    # thresholds are ratios: a NaN or inf here would turn every verdict into a silent 'healthy'
+    finite(vanishing, "--vanishing", 0, low_open=True, high=1)
+    finite(exploding, "--exploding", 1)
+    finite(drop, "--drop", 0, low_open=True, high=1)
+    finite(rise, "--rise", 1)
+    finite(stall, "--stall", 0, high=1)
     th = analysis.Thresholds(vanishing=vanishing, exploding=exploding, drop=drop, rise=rise, stall=stall)
     for i, run_ in enumerate(analysis.find_runs(paths)):  # among several, unreadable ones are left out, warned
         d = analysis.diagnose(run_.folder, th, run_)

@@ -52,15 +52,27 @@ def run_cell(cfg, runs: Path, retry_failed: bool = False) -> Outcome:
             return Outcome(cfg.name, "done")
         if status == "failed" and not retry_failed:
             return Outcome(cfg.name, "failed-before")
+        started = time.time()
         try:
             result = train.run(cfg, out=runs, force=False, quiet=True, lock=False)
             return Outcome(cfg.name, result.status, None, time.perf_counter() - t0)
         except Exception as e:
-            if results.read_status(folder) != "failed":  # it failed before train.run made the folder
-                folder.mkdir(parents=True, exist_ok=True)
-                results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
-                results.write_json(folder / "meta.json", {"status": "failed", "error": repr(e)})
+            if not _recorded_since(folder, started):  # it failed before train.run wrote this attempt's record
+                try:
+                    results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
+                    results.write_json(folder / "meta.json", {"status": "failed", "error": repr(e)[:2000],
+                                                             "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                except OSError:
+                    pass  # the outcome still says failed, and why
             return Outcome(cfg.name, "failed", f"{type(e).__name__}: {e}", time.perf_counter() - t0)
+
+
+def _recorded_since(folder: Path, t: float) -> bool:
+    """Whether ``folder/meta.json`` was written at or after time ``t`` (by this attempt, not an earlier one)."""
+    try:
+        return (folder / "meta.json").stat().st_mtime >= t - 0.05  # file times lag the clock by a tick
+    except OSError:
+        return False
 
 
 # -- progress ------------------------------------------------------------------------------------
