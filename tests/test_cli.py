@@ -61,6 +61,8 @@ def test_ls_lists_registered_names(cli):
     assert r.returncode == 0
     for name in ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu", "silu", "softsign", "softplus"]:
         assert name in r.stdout
+    r = cli("ls", "optimizers")  # each argument with the values its component declares valid
+    assert "momentum=0.0" in r.stdout and "(in [0, 1))" in r.stdout and "(> 0)" in r.stdout
     r = cli("ls", "inits")
     assert "variance_scaling" in r.stdout and "kaiming_normal" in r.stdout
     r = cli("ls", "activatons")

@@ -150,7 +150,9 @@ def ls(what: str = typer.Argument("all", help="activations | inits | optimizers 
             table.add_column(col)
         for name in registry.names():
             entry = registry[name]
-            args = ", ".join(f"{k}={v}" for k, v in entry.defaults().items())
+            ranges = entry.meta.get("ranges", {})  # the valid values each argument declares
+            args = ", ".join(f"{k}={v}" + (f" ({ranges[k]})" if k in ranges else "")
+                             for k, v in entry.defaults().items())
             table.add_row(name, args, entry.doc)
         console.print(table)
     if what in ("keys", "all"):
