@@ -8,6 +8,8 @@ from the arguments alone, what it will give (:class:`Shapes`): input shape, outp
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 
 import torch
@@ -58,14 +60,16 @@ def standardise(train: torch.Tensor, test: torch.Tensor, per_feature: bool, chan
     Vectors: per feature. Images: one mean/std per channel (``channel_dim``), or a single one,
     since per-pixel statistics blow up constant border pixels.
     """
-    if per_feature:
-        mean, std = train.mean(0, keepdim=True), train.std(0, keepdim=True)
-    elif channel_dim is not None:
-        dims = [d for d in range(train.dim()) if d != channel_dim]
-        mean, std = train.mean(dims, keepdim=True), train.std(dims, keepdim=True)
-    else:
-        mean, std = train.mean(), train.std()
-    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    with warnings.catch_warnings():  # one training example: its std is NaN, replaced by 1 below
+        warnings.simplefilter("ignore", UserWarning)
+        if per_feature:
+            mean, std = train.mean(0, keepdim=True), train.std(0, keepdim=True)
+        elif channel_dim is not None:
+            dims = [d for d in range(train.dim()) if d != channel_dim]
+            mean, std = train.mean(dims, keepdim=True), train.std(dims, keepdim=True)
+        else:
+            mean, std = train.mean(), train.std()
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant (or NaN) features are only centred
     return (train - mean) / std, (test - mean) / std
 
 
