@@ -264,3 +264,13 @@ def test_real_lstm_run_is_not_told_to_use_an_lstm(tmp_path):
     assert d["activation"] == "" and d["time"]
     assert "model.arch" not in d["advice"] and "LSTM" not in d["advice"]
     assert "gradient clipping" not in d["advice"]  # the config clips
+
+
+@pytest.mark.parametrize("option, value", [("--exploding", "nan"), ("--vanishing", "inf"), ("--drop", "0"),
+                                           ("--rise", "0.5"), ("--stall", "-1")])
+def test_thresholds_must_be_finite_and_on_their_side_of_1(tmp_path, cli, option, value):
+    """A NaN threshold would make every comparison false: every net 'healthy', a mistake read as physics."""
+    folder = run(config.from_dict(tiny()), out=tmp_path, quiet=True).folder
+    r = cli("diagnose", folder, option, value)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"vgp: error: {option}: must be a finite number") and value in r.stderr
