@@ -5,6 +5,11 @@ with the weights *before* update ``s``. Recorded steps: 0 (before any update), e
 ``log.every``-th, every ``train.eval_every``-th, and the last. Evaluation at step ``s`` sees
 the same weights as that step's batch; a final evaluation after the last update is written as
 step ``train.steps``.
+
+Divergence is looked for on every step, not only recorded ones: each step leaves a device-side
+flag (loss and total gradient norm finite), read with the losses at the next recorded step, so
+``diverged_step`` does not depend on ``log.every`` and no step waits for the device. A
+non-finite evaluation (the final one included) is divergence too.
 """
 
 from __future__ import annotations
