@@ -139,6 +139,8 @@ def probe_stats(act, draws: list, device="cpu") -> tuple[list[dict], list[dict],
         fn = (lambda s, draw=draw: draw(torch.randn(s, generator=g)))
         zs.append(away_from_threshold(act, fn(shape), fn).to(device))
     model = Probes(act, [s for _, s in draws]).to(device)
+    with torch.no_grad():  # the premise: each probe's pre-activation is exactly the z drawn
+        assert all(torch.equal(layer(z), z) for layer, z in zip(model.layers, zs))
     got, want = record(model, model.tracked(), act, zs)
     return got, want, zs
 
@@ -173,7 +175,7 @@ def test_saturated_layers_with_mean_far_above_std(name, device="cpu"):
     else:  # h = 0.995 at z = 3; threshold |z| = 2.18
         centres = [(3.0, 0.01), (-3.0, 0.01), (6.0, 0.01), (2.18, 0.1), (0.0, 30.0), (12.0, 1.0)]
     draws = [(lambda r, c=c, w=w: c + w * r, (64, 128)) for c, w in centres]
-    draws.append((lambda r: 3.0 * torch.sign(r) + 0.01 * r, (64, 128)))  # tanh: +-0.995, mean ~0
+    draws.append((lambda r: 3.0 * torch.sign(r) + 0.01 * r, (64, 128)))  # z = +-3: tanh +-0.995, mean ~0
     got, want, _ = probe_stats(act, draws, device)
     for k, (g, w) in enumerate(zip(got, want)):
         assert_stats_equal(g, w, (name, draws[k]))
@@ -242,7 +244,8 @@ def _issue_cfg(**over):
 
 
 def _issue_reference(cfg):
-    """Float64 statistics of the run's first batch, recomputed from the same model and rows."""
+    """The run's model, built as ``vgp run`` builds it (same seed), and its first batch (same rows,
+    same order), so that a forward pass here is the run's first one."""
     torch.manual_seed(cfg.seed)
     d = datasets.load(cfg.data, cfg.seed)
     model, act = build_model(cfg.model, d)
@@ -252,8 +255,8 @@ def _issue_reference(cfg):
 
 def test_issue_relu_depth_40():
     """The report's case, recorder on the model's forward pass: from layer ~19 the std is ~1e-24
-    and below (it was written as 0), deeper layers are subnormal (saturation 0.99 and dead 0.974
-    instead of 0.52 and 0.4375 there), the last ones exactly 0."""
+    and below (it was written as 0), deeper layers are subnormal (where the report saw dead 0.974,
+    not a multiple of 1/64, and saturation 0.99 for 0.52), the last ones exactly 0."""
     model, act, x = _issue_reference(_issue_cfg())
     tracked = model.tracked()
     got, want = record(model, tracked, act, x)
