@@ -58,9 +58,11 @@ def run(
     except UserError:
         raise
     except Exception as e:  # the run failed (disk full, out of memory, ...): its folder says so
+        from vgp.errors import clipped
+
         folder = Path(out if out is not None else cfg.out) / cfg.name
         where = f"; the traceback is in {folder / 'error.txt'}" if (folder / "error.txt").exists() else ""
-        _err(f"run {cfg.name} failed: {type(e).__name__}: {str(e)[:500]}{where}")
+        _err(f"run {cfg.name} failed: {type(e).__name__}: {clipped(str(e), 500)}{where}")
         raise typer.Exit(1)
     if not quiet:
         s = result.summary

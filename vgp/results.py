@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import errno
 import fcntl
 import io
@@ -69,8 +70,18 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def json_text(obj) -> str:
+    """How run folders write JSON (``meta.json``): indented, anything unusual as its str."""
+    return json.dumps(obj, indent=2, default=str) + "\n"
+
+
 def write_json(path: Path, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
+    atomic_write(path, json_text(obj))
+
+
+def now() -> str:
+    """The time stamps of ``meta.json``: UTC, ISO 8601, to the second."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def write_yaml(path: Path, obj) -> None:

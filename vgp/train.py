@@ -15,7 +15,6 @@ non-finite evaluation (the final one included) is divergence too.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import functools
 import json
 import math
@@ -153,10 +152,6 @@ def _meta(device, started: str, status: str, **extra) -> dict:
     }
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _progress(quiet: bool, name: str, steps: int):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
@@ -236,7 +231,7 @@ def _holder(folder: Path) -> str:
 
 def _run_in(cfg: config.Config, folder: Path, device: torch.device, quiet: bool) -> RunResult:
     # -- set-up ------------------------------------------------------------------------------
-    started, t_start = _now(), time.perf_counter()
+    started, t_start = results.now(), time.perf_counter()
     streams: list[results.CsvStream] = []
     finished = False
     try:
@@ -266,7 +261,7 @@ def _run_in(cfg: config.Config, folder: Path, device: torch.device, quiet: bool)
         wall = time.perf_counter() - t_start
         summary = {**config.flatten(config.to_dict(cfg)), **outcome, "wall_s": round(wall, 3), **data.info}
         summary.update(analysis.summary_columns(folder))  # verdict, decay per layer, theory (reads the CSVs)
-        results.write_json(folder / "meta.json", _meta(device, started, summary["status"], ended=_now(),
+        results.write_json(folder / "meta.json", _meta(device, started, summary["status"], ended=results.now(),
                                                        wall_s=summary["wall_s"], train_s=outcome["train_s"]))
         results.atomic_write(folder / "summary.csv", results.csv_text([summary], list(summary)))
         finished = True
@@ -297,8 +292,7 @@ def _record_end(folder: Path, streams: list, e: BaseException, device, started: 
                 results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
             except OSError as err:
                 problems.append(f"error.txt: {err}")
-        meta = json.dumps(_meta(device, started, status, ended=_now(), error=repr(e)[:2000]), indent=2,
-                          default=str) + "\n"
+        meta = results.json_text(_meta(device, started, status, ended=results.now(), error=repr(e)[:2000]))
         try:
             results.atomic_write(folder / "meta.json", meta)
         except OSError as err:
@@ -369,13 +363,12 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
             # exactly when every entry is, except where the norm itself overflows (> 3.4e38 in float32:
             # an exploding gradient, counted as one). Clipping by norm computes it anyway.
             if clip.mode == "norm":
-                norm = torch.nn.utils.clip_grad_norm_(params, clip.max_norm)
-                finite.append(torch.isfinite(gn if recording else norm) & torch.isfinite(pending[-1]))
+                norm = torch.nn.utils.clip_grad_norm_(params, clip.max_norm)  # the norm before clipping
             else:
                 norm = gn if recording else _total_norm(grads)
-                finite.append(torch.isfinite(norm) & torch.isfinite(pending[-1]))
-                if clip.mode == "value":
-                    torch.nn.utils.clip_grad_value_(params, clip.value)
+            finite.append(torch.isfinite(norm) & torch.isfinite(pending[-1]))
+            if clip.mode == "value":
+                torch.nn.utils.clip_grad_value_(params, clip.value)
             opt.step()
             done = step + 1
             if not recording:

@@ -61,7 +61,7 @@ def run_cell(cfg, runs: Path, retry_failed: bool = False) -> Outcome:
                 try:
                     results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
                     results.write_json(folder / "meta.json", {"status": "failed", "error": repr(e)[:2000],
-                                                             "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                                             "ended": results.now()})
                 except OSError:
                     pass  # the outcome still says failed, and why
             return Outcome(cfg.name, "failed", f"{type(e).__name__}: {e}", time.perf_counter() - t0)
