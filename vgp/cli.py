@@ -98,8 +98,9 @@ def _run_line(s: dict) -> str:
 
 
 @app.command()
-def validate(configs: List[Path] = typer.Argument(..., help="config files", show_default=False)):
-    """Check config files (keys, types, names) without training."""
+def validate(configs: List[Path] = typer.Argument(..., help="config or sweep files", show_default=False)):
+    """Check config and sweep files without training: keys, types, ranges, and that the model builds,
+    takes a step and fits in memory."""
     from vgp import config as cfgmod
 
     from vgp import sweep as sweepmod
