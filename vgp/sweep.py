@@ -212,8 +212,8 @@ def count(sweep: Sweep) -> int:
     return n * (len(sweep.seeds) if sweep.seeds is not None else 1)
 
 
-def _labels(keys: list[str]) -> dict[str, str]:
-    """Short names for swept keys in run ids: the last part ('model.depth' -> 'depth'), the one before it
+def labels(keys: list[str]) -> dict[str, str]:
+    """Short names for swept keys in run ids and tables: the last part ('model.depth' -> 'depth'), the one before it
     for a spec's name ('train.optimizer.name' -> 'optimizer'), the whole key when two would clash."""
     def short(k):
         parts = k.split(".")
@@ -239,8 +239,8 @@ def config_hash(cfg: config.Config) -> str:
 
 
 def run_id(values: dict, cfg: config.Config) -> str:
-    labels = _labels(list(values))
-    readable = "_".join(f"{labels[k]}-{_text(v)}" for k, v in values.items())[:160]
+    short = labels(list(values))
+    readable = "_".join(f"{short[k]}-{_text(v)}" for k, v in values.items())[:160]
     return f"{readable}_{config_hash(cfg)}" if readable else config_hash(cfg)
 
 

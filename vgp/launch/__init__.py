@@ -123,22 +123,57 @@ class Report:
         return "\n".join(lines)
 
 
-def print_plan(sweep: sweepmod.Sweep, sweep_dir: Path) -> None:
-    """``--dry-run``: how many runs, and each run's id, status and the values it varies."""
-    from rich.console import Console
-    from rich.table import Table
+def plan_lines(sweep: sweepmod.Sweep, sweep_dir: Path) -> list[str]:
+    """``--dry-run``'s text: a title line, a header, one line per run, a count line. A run is shown by
+    the config hash its id ends with (its folder is ``<sweep_dir>/runs/*_<hash>``), its status, and one
+    column per varied key headed by the short name run ids use; columns are as wide as their values, so
+    a line never wraps and ``grep``/``awk`` see one run per line, e.g.::
 
+        sweep activation-init-depth: 216 runs in results/activation-init-depth
+        hash      status     activation  init            depth  optimizer  lr     seed
+        8e3685ab  completed  sigmoid     default             5  sgd        0.1       0
+        ...
+        216 runs: 180 to run, 36 finished, 0 failed
+    """
     status = status_of(sweep_dir, sweep.cells)
     keys = list(dict.fromkeys(k for c in sweep.cells for k in c.values))
-    todo = sum(s not in results.FINISHED for s in status.values())
-    table = Table(title=f"sweep {sweep.name}: {len(sweep.cells)} runs, {todo} to run, into {sweep_dir}",
-                  title_justify="left")
-    table.add_column("run id", overflow="fold")
-    for col in ["status", *keys]:
-        table.add_column(col)
-    for c in sweep.cells:
-        table.add_row(c.id, status[c.id] or "-", *(str(c.values.get(k, "")) for k in keys))
-    Console(width=max(120, Console().width)).print(table)
+    short = sweepmod.labels(keys)
+    rows = [[c.id.rsplit("_", 1)[-1], status[c.id] or "-", *(_value_text(c.values.get(k, "")) for k in keys)]
+            for c in sweep.cells]
+    columns = [[c.values.get(k) for c in sweep.cells] for k in keys]
+    right = [False, False, *(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in col)
+                             for col in columns)]  # numbers line up on their last digit
+    header = ["hash", "status", *(short[k] for k in keys)]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+    finished = sum(s in results.FINISHED for s in status.values())
+    failed = sum(s == "failed" for s in status.values())
+    running = sum(s == "running" for s in status.values())
+    runs = f"{len(rows)} run" + ("s" if len(rows) != 1 else "")
+    count = (f"{runs}: {len(rows) - finished - failed} to run, {finished} finished, {failed} failed"
+             + (f" ({running} running now, in another process)" if running else "")
+             + (" (--retry-failed runs them again)" if failed else ""))
+    return [f"sweep {sweep.name}: {runs} in {sweep_dir}",
+            line(header), *(line(r) for r in rows), count]
+
+
+def _value_text(value) -> str:
+    """A swept value in one word, as YAML spells it: true, null, [a,b], {name=adam,lr=0.001}."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}={_value_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_value_text(v) for v in value) + "]"
+    return " ".join(str(value).split()) or "''"  # no line breaks; an empty string still shows
+
+
+def print_plan(sweep: sweepmod.Sweep, sweep_dir: Path) -> None:
+    """``--dry-run``: :func:`plan_lines` on stdout, as plain text (no wrapping, no borders)."""
+    print("\n".join(plan_lines(sweep, sweep_dir)))
 
 
 def launcher_settings(sweep: sweepmod.Sweep, overrides: dict) -> dict:
