@@ -321,20 +321,26 @@ def sweep(
 
 @app.command()
 def compare(
-    paths: List[Path] = typer.Argument(..., help="sweep folders, run folders or summary CSVs", show_default=False),
-    by: Optional[str] = typer.Option(None, "--by", help="config keys to group by, comma-separated (default: the keys "
-                                                        "that differ between runs, seed excluded)"),
+    paths: List[Path] = typer.Argument(..., help="sweep folders, run folders, folders of runs or summary CSVs",
+                                       show_default=False),
+    by: Optional[str] = typer.Option(None, "--by", help="config keys to group by, comma-separated, e.g. depth,activation "
+                                                        "(default: the sweep's grid and zip keys; seeds are always "
+                                                        "aggregated)"),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="summary columns, comma-separated"),
     where: Optional[List[str]] = typer.Option(None, "--where", help="KEY=VALUE: keep only these runs (repeatable)"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="table | markdown | csv | json (default: table on a "
+                                                             "terminal, markdown when piped)"),
     csv: Optional[Path] = typer.Option(None, "--csv", help="also write the table as CSV"),
 ):
-    """Compare runs: each metric as mean ± std over seeds, grouped by config keys."""
+    """Compare runs: one row per configuration, each metric over its seeds (ratios as geometric means)."""
     from vgp import compare as comparemod
 
+    if fmt is not None and fmt not in comparemod.FORMATS:
+        raise UserError(f"--format: one of {', '.join(comparemod.FORMATS)}, got {fmt!r}")
     if csv is not None:
         comparemod.check_csv_path(csv)  # before the work, not after the table is printed
     table = comparemod.compare(paths, by=comparemod.split(by), metrics=comparemod.split(metrics), where=where or [])
-    comparemod.show(table)
+    comparemod.show(table, fmt)
     if csv is not None:
         comparemod.write_csv(table, csv)
 

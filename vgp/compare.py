@@ -1,215 +1,221 @@
-"""``vgp compare``: summary rows grouped by config keys, each metric as mean ± std over seeds.
+"""``vgp compare``: the runs of a study grouped by what it varied, each metric aggregated over seeds.
 
-Reads only summary CSVs (a sweep folder's ``summary.csv``, or its runs' own when it has none yet or
-it cannot be read, a run folder's, or any CSV of summary rows), never the training code. A summary
-that cannot be read (binary, not CSV, truncated, a non-number in a metric column) is named in a
-warning and left out; unfinished runs (no ``summary.csv``) are counted in a note. Runs from older versions that
-lack a column show it empty. With several paths, a ``source`` column (the folder's name) tells them
-apart, so two sweeps can be compared side by side.
+Reads only summaries and configs (:mod:`vgp.study`), never the training code. By default the rows
+are the sweep's declared axes (its grid and zip keys), so that every row is one configuration and
+its runs are seeds; ``--by`` groups otherwise, and any key that then differs inside a row is named
+in a warning. Ratios and decay rates (:data:`vgp.study.LOG_METRICS`) are geometric means ×/÷ their
+geometric standard deviation, the rest means ± standard deviations, over the finished runs of each
+row; ``n``, ``diverged`` and ``failed`` count its runs.
+
+Output: a table fitted to the terminal (metrics that do not fit are named in a note), or, with
+``--format`` or when piped, markdown, CSV or JSON with every column.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from vgp import analysis
+from vgp import analysis, study
 from vgp.errors import UserError
-from vgp.registry import did_you_mean
 
-CONFIG_SECTIONS = ("model", "data", "train", "log")
-NOT_GROUPED = ("name", "seed", "out")
-DEFAULT_METRICS = ("final_test_acc", "final_test_loss", "final_loss", "grad_ratio", "decay_per_layer", "steps_done")
+FORMATS = ("table", "markdown", "csv", "json")
 
 
 def split(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
-def _summary(path: Path, in_folder: bool = True) -> pd.DataFrame:
-    """One summary CSV, checked (a UserError naming the file if it is not one). ``in_folder``: written
-    by vgp into a run or sweep folder, so every line ends with a newline and there is a status column."""
-    schema = analysis.SCHEMAS["summary.csv"]
-    df = analysis.read_csv(path, columns=schema["columns"] if in_folder else (), numbers=schema["numbers"],
-                           whole_lines=in_folder)
-    if len(df.columns) and not any(c.split(".")[0] in CONFIG_SECTIONS or c == "seed" for c in df.columns):
-        raise UserError(f"{path}: no config column (model.*, train.*, seed, ...): not a summary of runs")
-    return df
-
-
-def _read(path: Path, warn=analysis.warn) -> pd.DataFrame:
-    """The summary rows of a summary CSV, a run folder or a sweep folder (its summary.csv, or its runs'
-    own ones, each that cannot be read left out with a warning); a UserError naming what is wrong."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
-    if path.is_file():
-        return _summary(path, in_folder=False)
-    sweep = (path / "runs").is_dir()
-    if not sweep and (path / "summary.csv").exists():
-        return _summary(path / "summary.csv")
-    if not sweep:
-        if analysis.is_run_folder(path):
-            status = _meta_status(path)
-            raise UserError(f"{path}: the run is not finished (no summary.csv"
-                            + (f"; meta.json says {status!r}" if status else "") + ")")
-        raise UserError(f"{path}: not a sweep folder, run folder or summary CSV (no summary.csv in it)")
-    folders = sorted(q for q in (path / "runs").iterdir() if q.is_dir())
-    left = [q.name for q in folders if not (q / "summary.csv").exists()]
-    if left:
-        analysis.note(f"{path}: {len(left)} of {len(folders)} runs not finished (no summary.csv), not compared: "
-                      + ", ".join(left[:3]) + (", ..." if len(left) > 3 else ""))
-    if (path / "summary.csv").exists():
-        try:
-            return _summary(path / "summary.csv")
-        except UserError as e:
-            warn(f"{e}; reading its runs' own summaries instead")
-    frames = []
-    for q in folders:
-        if (q / "summary.csv").exists():
-            try:
-                frames.append(_summary(q / "summary.csv"))
-            except UserError as e:
-                warn(f"{e}; left out")
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _meta_status(folder: Path) -> str | None:
-    try:
-        return analysis.read_json(folder / "meta.json").get("status") if (folder / "meta.json").exists() else None
-    except UserError:
-        return None
-
-
-def load(paths: list[Path], warn=analysis.warn) -> pd.DataFrame:
-    """All summary rows of ``paths``, a ``source`` column naming each path when there are several.
-    Among several paths, one that exists but cannot be read is left out with a ``warn`` line."""
-    labels = [Path(p).name if Path(p).name != "summary.csv" else Path(p).parent.name for p in paths]
-    if len(set(labels)) < len(labels):  # two sweeps of the same name: their paths tell them apart
-        labels = [str(p) for p in paths]
-    frames = []
-    for p, label in zip(paths, labels):
-        try:
-            df = _read(p, warn)
-        except UserError as e:
-            if len(paths) == 1 or not Path(p).exists():
-                raise
-            warn(f"{e}; left out")
-            continue
-        if len(paths) > 1:
-            df.insert(0, "source", label)
-        frames.append(df)
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if df.empty:
-        raise UserError(f"no finished runs in {', '.join(map(str, paths))}")
-    return df
-
-
-def is_config(column: str) -> bool:
-    return column.split(".")[0] in CONFIG_SECTIONS or column in ("name", "seed", "device", "out", "source")
-
-
-def resolve(df: pd.DataFrame, key: str) -> str:
-    """A config key as the summary spells it: 'model.activation' is the column 'model.activation.name'."""
-    for candidate in (key, f"{key}.name"):
-        if candidate in df.columns:
-            return candidate
-    raise UserError(f"unknown column '{key}'{did_you_mean(key, list(df.columns))} "
-                    f"(config keys: {', '.join(c for c in df.columns if is_config(c))})")
-
-
-def _filter(df: pd.DataFrame, where: list[str]) -> pd.DataFrame:
-    import yaml
-
-    for item in where:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise UserError(f"--where {item!r}: expected KEY=VALUE, for example model.depth=20")
-        col = resolve(df, key)
-        value = yaml.safe_load(text) if text else ""
-        df = df[df[col].astype(str) == str(value)]
-    if df.empty:
-        raise UserError(f"no runs left after --where {' '.join(where)}")
-    return df
-
-
-def varying(df: pd.DataFrame) -> list[str]:
-    """Config columns whose value differs between the rows, seed and name excluded."""
-    return [c for c in df.columns if is_config(c) and c not in NOT_GROUPED
-            and df[c].astype(str).nunique(dropna=False) > 1]
-
-
 def compare(paths: list[Path], by: list[str] | None = None, metrics: list[str] | None = None,
             where: list[str] = (), warn=analysis.warn) -> pd.DataFrame:
-    """One row per group: the ``by`` columns, ``n`` (runs), ``diverged`` (how many of them), and for each
-    metric ``<metric>_mean`` and ``<metric>_std`` (over seeds; empty for a single run). Summaries that
-    cannot be read are left out, each with a ``warn`` line."""
-    df = _filter(load(paths, warn), list(where))
-    by = [resolve(df, k) for k in by] if by else varying(df)
-    if "source" in df.columns and "source" not in by:  # several sweeps: side by side
-        by.insert(0, "source")
+    """One row per group (:func:`vgp.study.aggregate`), with ``attrs``: ``by`` (the grouped columns),
+    ``metrics``, ``mixed`` ({column: values} differing inside some row), ``runs`` and ``seeds`` (the
+    most runs of one row). Mixed keys are named in a ``warn`` line; summaries that cannot be read
+    are left out, each with a ``warn`` line. UserError for an unknown key or no run."""
+    s = study.where(study.load(paths, warn), list(where))
+    by_cols = study.by_columns(s, by)
+    if "source" in s.table and "source" not in by_cols:  # several sweeps: side by side
+        by_cols.insert(0, "source")
     if metrics:
-        metrics = [resolve(df, m) for m in metrics]
+        metrics = [study.resolve(s.table, m, "metric") for m in metrics]
+        bad = [m for m in metrics if study.is_config(m)]
+        if bad:
+            raise UserError(f"--metrics {', '.join(bad)}: config keys, not summary columns; group by them with --by")
     else:
-        metrics = [m for m in DEFAULT_METRICS if m in df.columns]
-    for m in metrics:
-        df[m] = pd.to_numeric(df[m], errors="coerce")
-    if "status" not in df.columns:
-        df["status"] = None
-    df["_diverged"] = df["status"].astype(str).eq("diverged")
-    if not by:  # all runs alike: one group
-        df["_all"], by_cols = "all", ["_all"]
-    else:
-        by_cols = by
-    grouped = df.groupby(by_cols, dropna=False, sort=False)
-    out = grouped.size().rename("n").to_frame()
-    out["diverged"] = grouped["_diverged"].sum()
-    for m in metrics:
-        out[f"{m}_mean"] = grouped[m].mean()
-        out[f"{m}_std"] = grouped[m].std()
-    out = out.reset_index()
-    out = out.sort_values(by_cols, key=_sort_key, kind="stable").reset_index(drop=True)
-    out.attrs["by"], out.attrs["metrics"] = [c for c in by_cols if c != "_all"], metrics
-    return out.drop(columns=["_all"], errors="ignore")
+        metrics = [m for m in study.DEFAULT_METRICS
+                   if m in s.table and pd.to_numeric(s.table[m], errors="coerce").notna().any()]
+    mixed = study.mixed(s, by_cols)
+    if mixed:
+        what = "; ".join(f"{study.short(c)} ({', '.join(v[:6])}{', ...' if len(v) > 6 else ''})"
+                         for c, v in mixed.items())
+        warn(f"the runs of a row also differ in {what}: each row aggregates over them as well as over seeds "
+             f"(group by them with --by, or keep one value with --where)")
+    table = study.aggregate(s, by_cols, metrics)
+    table.attrs.update(by=by_cols, metrics=metrics, mixed=mixed, runs=len(s.table),
+                       seeds=int(table["n"].max()) if len(table) else 0)
+    return table
 
 
-def _sort_key(col: pd.Series) -> pd.Series:
-    """Numbers by value (depth 5 before 40), text as text, empty last."""
-    num = pd.to_numeric(col, errors="coerce")
-    return num if num.notna().sum() == col.notna().sum() else col.astype(str)
+# -- output ----------------------------------------------------------------------------------
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def _fmt(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+def _num(x, digits: int = 3) -> str:
+    if _missing(x):
         return ""
-    return f"{x:.4g}" if isinstance(x, float) else str(x)
+    if isinstance(x, float):
+        return str(int(x)) if x.is_integer() and abs(x) < 1e6 else f"{x:.{digits}g}"
+    return str(x)
 
 
-def show(table: pd.DataFrame) -> None:
+def mean_std(mean: float, std: float) -> str:
+    """'0.138 ± 0.012': the spread to 2 significant digits, the mean to the same decimal place (at
+    least 3 significant digits); '40' alone where the spread is 0 or unknown."""
+    if _missing(mean):
+        return ""
+    if _missing(std) or std == 0 or not math.isfinite(std) or not math.isfinite(mean):
+        return _num(mean, 4)
+    place = 1 - math.floor(math.log10(std))  # decimals that show the spread's 2 leading digits
+    place = max(place, 3 - 1 - math.floor(math.log10(abs(mean)))) if mean else place
+    if 0 <= place <= 8 and abs(mean) < 1e6:
+        return f"{mean:.{place}f} ± {std:.2g}"
+    return f"{mean:.3g} ± {std:.2g}"
+
+
+def cell(row, m: str) -> str:
+    """'0.138 ± 0.012' or '3.57e-04 ×/÷ 1.06' (empty when there is no value)."""
+    if f"{m}_gmean" in row:
+        centre, spread = row[f"{m}_gmean"], row[f"{m}_gsd"]
+        if _missing(centre):
+            return ""
+        text = _num(centre)
+        return text if _missing(spread) else f"{text} ×/÷ {spread:.3g}"
+    return mean_std(row[f"{m}_mean"], row[f"{m}_std"])
+
+
+def _key(row, c: str) -> str:
+    v = row[c]
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def title(table: pd.DataFrame) -> str:
+    a = table.attrs
+    by = list(study.labels(a.get("by", [])).values())
+    text = f"{a.get('runs', int(table['n'].sum()))} runs in {len(table)} rows" + (f" by {', '.join(by)}" if by else "")
+    mixed = a.get("mixed") or {}
+    text += ("; each row mixes " + ", ".join(study.short(c) for c in mixed) + " and seeds" if mixed
+             else "; each row: its seeds")
+    kinds = [m for m in a.get("metrics", []) if f"{m}_gmean" in table]
+    if kinds:
+        text += "; ratios: geometric mean ×/÷ geometric std, others mean ± std"
+    else:
+        text += "; mean ± std"
+    return text
+
+
+def _counts(table: pd.DataFrame, all_counts: bool) -> list[str]:
+    """'n', and 'diverged' and 'failed' where some run did (always, with ``all_counts``)."""
+    return ["n"] + [c for c in ("diverged", "failed") if all_counts or table[c].sum() > 0]
+
+
+def _header(table: pd.DataFrame, all_counts: bool = True) -> list[str]:
+    return list(study.labels(table.attrs.get("by", [])).values()) + _counts(table, all_counts) + \
+        list(table.attrs.get("metrics", []))
+
+
+def _rows(table: pd.DataFrame, all_counts: bool = True) -> list[list[str]]:
+    by, metrics = table.attrs.get("by", []), table.attrs.get("metrics", [])
+    counts = _counts(table, all_counts)
+    return [[_key(row, c) for c in by] + [str(int(row[c])) for c in counts]
+            + [cell(row, m) for m in metrics] for _, row in table.iterrows()]
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table, preceded by its title line."""
+    head, rows = _header(table), _rows(table)
+    esc = [[c.replace("|", "\\|") for c in r] for r in [head] + rows]
+    widths = [max(len(r[i]) for r in esc) for i in range(len(head))]
+    n_keys = len(table.attrs.get("by", []))
+
+    def line(r):
+        return "| " + " | ".join(c.ljust(w) if i < n_keys else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) \
+            + " |"
+
+    rule = "|" + "|".join(("-" * (w + 2)) if i < n_keys else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
+    return "\n".join([f"{title(table)}", "", line(esc[0]), rule, *map(line, esc[1:])]) + "\n"
+
+
+def csv_text(table: pd.DataFrame) -> str:
+    return table.to_csv(index=False, float_format="%.17g")
+
+
+def json_text(table: pd.DataFrame) -> str:
+    """{"title", "by", "metrics", "mixed", "rows": [...]} with NaN as null."""
+    rows = json.loads(table.to_json(orient="records", double_precision=15))
+    a = table.attrs
+    return json.dumps({"title": title(table), "by": a.get("by", []), "metrics": a.get("metrics", []),
+                       "mixed": a.get("mixed", {}), "rows": rows}, indent=1) + "\n"
+
+
+def show(table: pd.DataFrame, fmt: str | None = None, file=None) -> None:
+    """Print ``table`` as ``fmt`` (default: a fitted table on a terminal, markdown when piped)."""
     from rich.console import Console
+
+    file = file or sys.stdout
+    if fmt is None:
+        fmt = "table" if file.isatty() else "markdown"
+    if fmt not in FORMATS:
+        raise UserError(f"--format: one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt != "table":
+        file.write({"markdown": markdown, "csv": csv_text, "json": json_text}[fmt](table))
+        return
+    console = Console(file=file, highlight=False)
+    rich_table, dropped = fitted(table, console.width)
+    console.print(rich_table)
+    if dropped:
+        analysis.note(f"left out to fit {console.width} columns: {', '.join(dropped)} "
+                      f"(choose with --metrics, or see every column with --format markdown|csv|json)")
+
+
+def fitted(table: pd.DataFrame, width: int):
+    """A Rich table no wider than ``width``: the metrics that do not fit are left out (returned)."""
+    from rich import box
+    from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
-    by, metrics = table.attrs.get("by", []), table.attrs.get("metrics", [])
-    t = Table(title=f"{int(table['n'].sum())} runs" + (f" by {', '.join(by)}" if by else "")
-              + ": mean ± std over the runs of each row (seeds)", title_justify="left")
-    for c in by:
-        t.add_column(c.removesuffix(".name"), no_wrap=True)
-    t.add_column("n", justify="right")
-    t.add_column("diverged", justify="right")
-    for m in metrics:
-        t.add_column(m, justify="right", no_wrap=True)
-    for _, row in table.iterrows():
-        cells = [_fmt(row[c]) for c in by] + [str(int(row["n"])), str(int(row["diverged"]))]
-        for m in metrics:
-            mean, std = _fmt(row[f"{m}_mean"]), _fmt(row[f"{m}_std"])
-            cells.append(f"{mean} ± {std}" if mean and std else mean)
-        t.add_row(*cells)
-    console = Console()
-    if not console.is_terminal:  # piped or captured: no wrapping at 80 columns
-        console = Console(width=240)
-    console.print(t)
+    head, rows = _header(table, all_counts=False), _rows(table, all_counts=False)
+    n_keys, n_fixed = len(table.attrs.get("by", [])), len(head) - len(table.attrs.get("metrics", []))
+    quiet = [c for c in ("diverged", "failed") if c not in head]
+    caption = title(table) + (f"; no run {' or '.join(quiet)}" if quiet else "")
+
+    def build(keep: int) -> Table:
+        t = Table(title=caption, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True,
+                  pad_edge=False, show_edge=False)
+        for i, h in enumerate(head[:keep]):
+            t.add_column(h, justify="left" if i < n_keys else "right", no_wrap=i >= n_keys, overflow="fold")
+        for r in rows:
+            t.add_row(*r[:keep])
+        return t
+
+    console = Console(width=10_000)
+    keep = len(head)
+    while keep > n_fixed + 1:
+        need = Measurement.get(console, console.options, build(keep)).maximum
+        if need <= width:
+            break
+        keep -= 1
+    return build(keep), head[keep:]
 
 
 def check_csv_path(path: Path) -> None:
@@ -230,6 +236,6 @@ def write_csv(table: pd.DataFrame, path: Path) -> None:
     check_csv_path(path)
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(Path(path), table.to_csv(index=False))
+        atomic_write(Path(path), csv_text(table))
     except OSError as e:
         raise UserError(f"--csv {path}: cannot write it ({e.strerror or e})") from None

@@ -39,12 +39,15 @@ KINDS = ("weight_grad", "bias_grad", "output_grad", "weight", "update_ratio",
          "act_mean", "act_std", "saturation", "dead")
 
 
-def _f(default, doc: str, choices=None, spec: str | None = None, like=None, valid: str | None = None):
+def _f(default, doc: str, choices=None, spec: str | None = None, like=None, valid: str | None = None,
+       archs: tuple | None = None):
     """A config field: default, one-line doc, optional choices, optional registry name for specs.
 
     ``like``: a value of the field's type, for fields whose default is None (= decided later);
-    ``valid``: the interval a number must be in, e.g. ``"[1, inf)"``."""
-    meta = {"doc": doc, "choices": choices, "spec": spec, "like": like, "valid": valid and interval(valid)}
+    ``valid``: the interval a number must be in, e.g. ``"[1, inf)"``; ``archs``: the model.arch values
+    that use the field (None: all), so that comparisons and legends leave it out where it does nothing."""
+    meta = {"doc": doc, "choices": choices, "spec": spec, "like": like, "valid": valid and interval(valid),
+            "archs": archs}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -63,15 +66,18 @@ class ModelConfig:
                           "rnn/lstm/gru: stacked recurrent layers (default 10, 20, 1)", like=0, valid="[0, inf)")
     width: int = _f(None, "mlp: units per hidden layer; resnet: channels of the first stage; rnn/lstm/gru: hidden "
                           "size (default 256, 16, 128)", like=0, valid="[1, inf)")
-    activation: Any = _f("relu", "activation function (vgp ls activations); lstm/gru gates keep their own", spec="activations")
+    activation: Any = _f("relu", "activation function (vgp ls activations); lstm/gru gates keep their own",
+                         spec="activations", archs=("mlp", "resnet", "rnn"))
     init: Any = _f("default", "weight init of every layer, output layer included (vgp ls inits)", spec="inits")
     bias_init: Any = _f("default", "bias init of every layer (vgp ls inits)", spec="bias_inits")
-    norm: str = _f("none", "normalisation between the linear map and the activation", choices=["none", "batchnorm", "layernorm"])
+    norm: str = _f("none", "normalisation between the linear map and the activation", choices=["none", "batchnorm", "layernorm"],
+                   archs=("mlp", "resnet"))
     skip: bool = _f(False, "residual connection around every hidden block whose input and output widths match "
-                           "(resnet: the ResNet; false: the plain net)")
+                           "(resnet: the ResNet; false: the plain net)", archs=("mlp", "resnet"))
     recurrent_init: Any = _f("default", "rnn/lstm/gru: init of the hidden-to-hidden weights, per gate "
-                                        "(e.g. orthogonal, identity for the IRNN)", spec="inits")
-    forget_bias: float = _f(1.0, "lstm: forget-gate bias (b_ih; b_hh is 0)")
+                                        "(e.g. orthogonal, identity for the IRNN)", spec="inits",
+                         archs=("rnn", "lstm", "gru"))
+    forget_bias: float = _f(1.0, "lstm: forget-gate bias (b_ih; b_hh is 0)", archs=("lstm",))
 
 
 @dataclass
@@ -522,6 +528,18 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v if not isinstance(v, (list, tuple)) else str(list(v))
     return out
+
+
+def applies(key: str, arch: str | None) -> bool:
+    """Whether the flattened config key ``key`` ('model.forget_bias', 'model.activation.name') takes
+    effect in a net of ``model.arch`` ``arch``: False for the forget bias of a GRU or the activation of
+    an LSTM (its gates keep their own). Keys of other sections, and unknown archs, always apply."""
+    parts = key.split(".")
+    if parts[0] != "model" or len(parts) < 2 or not arch:
+        return True
+    f = _fields(ModelConfig).get(parts[1])
+    archs = f.metadata.get("archs") if f is not None else None
+    return not archs or arch in archs
 
 
 def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:
