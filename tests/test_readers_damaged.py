@@ -213,7 +213,9 @@ def test_a_damaged_sweep_is_drawn_diagnosed_and_compared(damaged_sweep, tmp_path
     summaries_bad = [n for n in UNUSABLE if n.startswith("summary_")]
     assert len(warned) == len(summaries_bad) and all("summary.csv" in w for w in warned)
     finished = 2 + len(UNUSABLE) - len(summaries_bad) - 3 + 1  # the 3 killed have none, metrics_empty has one
-    assert int(table["n"].sum()) == finished
+    unfinished = 6  # 3 killed, failed, renamed_but_no_summary, and one more without summary.csv
+    assert int((table["n"] - table["failed"]).sum()) == finished
+    assert int(table["failed"].sum()) == unfinished  # counted, not dropped
 
 
 def test_nothing_usable_left_is_a_user_error(good, tmp_path):
@@ -240,8 +242,8 @@ def test_compare_names_a_damaged_summary_and_goes_on_with_the_others(good, tmp_p
     table = compare.compare([bad, good / "d3", good / "d4"], warn=warned.append)
     assert int(table["n"].sum()) == 2 and len(warned) == 1 and "binary data" in warned[0]
     killed = damaged(good, tmp_path, "killed_header_only")
-    with pytest.raises(UserError, match="the run is not finished .no summary.csv; meta.json says 'running'"):
-        compare.compare([killed])
+    table = compare.compare([killed])  # one unfinished run: shown as failed, with no metrics
+    assert list(table[["n", "failed"]].iloc[0]) == [1, 1]
     not_summary = tmp_path / "grads.csv"
     shutil.copy(good / "d3" / "grad_norms.csv", not_summary)
     with pytest.raises(UserError, match="no config column"):
@@ -314,7 +316,7 @@ def test_cli_damaged_folders_and_file_system_mistakes(damaged_sweep, good, tmp_p
     r = cli("compare", damaged_sweep)
     summaries_bad = sum(n.startswith("summary_") for n in UNUSABLE)
     assert r.returncode == 0 and r.stderr.count("vgp: warning: ") == summaries_bad and "Traceback" not in r.stderr
-    assert f"6 of {2 + len(UNUSABLE) + len(USABLE)} runs not finished (no summary.csv), not compared" in r.stderr
+    assert f"6 of {2 + len(UNUSABLE) + len(USABLE) - summaries_bad} runs not finished (" in r.stderr
     for args, message in [
         (("diagnose", damaged_sweep / "runs" / "meta_bad_json"), "meta.json: not valid JSON"),
         (("diagnose", tmp_path / "nope"), "no such file or folder"),

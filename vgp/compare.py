@@ -54,6 +54,12 @@ def compare(paths: list[Path], by: list[str] | None = None, metrics: list[str] |
                          for c, v in mixed.items())
         warn(f"the runs of a row also differ in {what}: each row aggregates over them as well as over seeds "
              f"(group by them with --by, or keep one value with --where)")
+    left = s.table[~s.table["status"].isin(study.FINISHED)]
+    if len(left):
+        kinds = ", ".join(f"{n} {k}" for k, n in left["status"].value_counts().items())
+        names = left["name"].astype(str).tolist() if "name" in left else []
+        analysis.note(f"{len(left)} of {len(s.table)} runs not finished ({kinds}): counted under 'failed', no metrics"
+                      + (": " + ", ".join(names[:3]) + (", ..." if len(names) > 3 else "") if names else ""))
     table = study.aggregate(s, by_cols, metrics)
     table.attrs.update(by=by_cols, metrics=metrics, mixed=mixed, runs=len(s.table),
                        seeds=int(table["n"].max()) if len(table) else 0)

@@ -357,6 +357,10 @@ def where(study: Study, conditions) -> Study:
             raise UserError(f"--where {item!r}: expected KEY=VALUE, for example model.depth=20")
         col = resolve(table, key.strip())
         value = yaml.safe_load(text) if text else ""
+        try:  # 5e-2 is a number here, though YAML 1.1 reads it as text
+            value = float(text) if isinstance(value, str) else value
+        except ValueError:
+            pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             num = pd.to_numeric(table[col], errors="coerce")
             keep = np.isclose(num, float(value), rtol=1e-12, atol=0) & num.notna()
