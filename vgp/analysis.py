@@ -105,16 +105,17 @@ def _first_line(e: Exception) -> str:
 
 
 def read_csv(path: str | Path, columns=(), integers=(), numbers=(), texts=(), partial: bool = False,
-             whole_lines: bool = True) -> pd.DataFrame:
+             whole_lines: bool = True, text: str | None = None) -> pd.DataFrame:
     """A CSV checked against what vgp writes; anything else is a UserError '<file>: <what is wrong>'.
 
     Every row must have the header's number of fields, ``columns`` must be there, ``integers`` and
     ``texts`` filled in every row, ``numbers`` numbers where filled (nan, inf allowed). An empty file
     is an empty frame. vgp ends every line with a newline, so a file that does not (with
     ``whole_lines``) was cut short; ``partial``: a file still being written, or whose writer was
-    killed, where an incomplete last line is expected and dropped."""
+    killed, where an incomplete last line is expected and dropped. ``text``: the file's text, already
+    read (``path`` then only names it in messages)."""
     path = Path(path)
-    text = _text(path)
+    text = _text(path) if text is None else text
     if text and not text.endswith("\n"):
         if partial:
             text = text[:text.rfind("\n") + 1]

@@ -151,6 +151,42 @@ def _run_row(folder: Path, warn) -> pd.DataFrame | None:
     return pd.DataFrame([row]) if row else None
 
 
+def _run_rows(folders: list[Path], warn) -> list[pd.DataFrame]:
+    """The rows of many run folders. Summaries of one row under the same header are checked and parsed
+    as one CSV (a thousand ``read_csv`` calls would cost seconds); a group that fails is read file by
+    file, so that the message names the file."""
+    by_header: dict[str, list[tuple[Path, str]]] = {}
+    frames = []
+    for q in folders:
+        path = q / "summary.csv"
+        if not path.exists():
+            frames += [r for r in [_run_row(q, warn)] if r is not None]
+            continue
+        try:
+            text = analysis._text(path)
+        except UserError as e:
+            warn(f"{e}; left out")
+            continue
+        lines = text.split("\n")
+        if len(lines) == 3 and lines[2] == "" and "status" in lines[0]:
+            by_header.setdefault(lines[0], []).append((q, lines[1]))
+        else:
+            frames += [r for r in [_run_row(q, warn)] if r is not None]
+    schema = analysis.SCHEMAS["summary.csv"]
+    for header, items in by_header.items():
+        text = header + "\n" + "".join(line + "\n" for _, line in items)
+        try:
+            df = analysis.read_csv(items[0][0] / "summary.csv", columns=schema["columns"], numbers=schema["numbers"],
+                                   text=text)
+            if len(df) != len(items):
+                raise UserError("a row spans lines")
+        except UserError:
+            frames += [r for q, _ in items for r in [_run_row(q, warn)] if r is not None]
+            continue
+        frames.append(df.assign(folder=[str(q) for q, _ in items]))
+    return frames
+
+
 def _sweep_frame(path: Path, warn) -> pd.DataFrame:
     """A sweep folder: its summary.csv (else its runs' own), and a row for every run not in it."""
     runs_dir = path / "runs"
@@ -168,7 +204,7 @@ def _sweep_frame(path: Path, warn) -> pd.DataFrame:
     else:
         frame, known = None, set()
     # runs finished after the summary was written (a sweep still running), or not finished at all
-    extra = [r for n, q in folders.items() if n not in known for r in [_run_row(q, warn)] if r is not None]
+    extra = _run_rows([q for n, q in folders.items() if n not in known], warn)
     frames = ([frame] if frame is not None else []) + extra
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -186,7 +222,7 @@ def _frame(path: Path, warn) -> tuple[pd.DataFrame, dict | None]:
     folders = sorted(q for q in path.iterdir() if analysis.is_run_folder(q))
     if not folders:
         raise UserError(f"{path}: not a sweep folder, run folder, folder of runs or summary CSV")
-    rows = [r for q in folders for r in [_run_row(q, warn)] if r is not None]
+    rows = _run_rows(folders, warn)
     return (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()), None
 
 
