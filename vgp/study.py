@@ -95,16 +95,12 @@ def short(column: str) -> str:
 
 
 def labels(columns) -> dict[str, str]:
-    """Short, unambiguous names for columns: the last part ('train.optimizer.lr' -> 'lr'), the part
-    before it for a spec's name ('train.optimizer.name' -> 'optimizer'), :func:`short` where two of
-    them would clash (the rule run ids use, :func:`vgp.sweep.run_id`)."""
-    def last(c):
-        parts = c.split(".")
-        return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
-    counts: dict[str, int] = {}
-    for c in columns:
-        counts[last(c)] = counts.get(last(c), 0) + 1
-    return {c: last(c) if counts[last(c)] == 1 else short(c) for c in columns}
+    """Short, unambiguous names for columns, as run ids name swept keys (:func:`vgp.sweep.labels`:
+    'train.optimizer.lr' -> 'lr', 'train.optimizer.name' -> 'optimizer'), :func:`short` where two of
+    them would clash."""
+    from vgp.sweep import labels as names
+
+    return {c: n if n != c else short(c) for c, n in names(list(columns)).items()}
 
 
 def is_log_metric(column: str) -> bool:
