@@ -345,6 +345,23 @@ def compare(
         comparemod.write_csv(table, csv)
 
 
+@app.command()
+def report(
+    paths: List[Path] = typer.Argument(..., help="a run folder, several, a folder of runs or a sweep folder",
+                                       show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="the HTML file (default: PATH/report.html)"),
+    where: Optional[List[str]] = typer.Option(None, "--where", help="KEY=VALUE: keep only these runs (repeatable)"),
+    by: Optional[str] = typer.Option(None, "--by", help="config keys to group by, comma-separated (default: the "
+                                                        "sweep's grid and zip keys)"),
+):
+    """Write one self-contained HTML page (no network needed) with what differs, the comparison, the
+    diagnosis and the figures; prints the file written last."""
+    from vgp import report as reportmod
+    from vgp.compare import split
+
+    typer.echo(str(reportmod.write(paths, out, by=split(by), where=where or [])))
+
+
 def main() -> None:
     try:
         app(prog_name="vgp")

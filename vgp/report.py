@@ -1,0 +1,266 @@
+"""``vgp report``: one self-contained HTML page for a run, several runs or a sweep, to send to someone.
+
+The page holds what was read, what the runs differ in (the study's axes) and what they share, the
+comparison table of :mod:`vgp.compare`, the diagnosis of each group (the verdicts its runs' summaries
+recorded, counted, and their decay rates; for a few runs, each run's whole ``vgp diagnose`` text),
+and the figures of :func:`vgp.plots.plot` as inline SVG. Nothing in it is fetched: CSS inline, no
+script, no font or image file, no external URL, so that it opens the same offline, from an e-mail
+attachment. Everything read from files is HTML-escaped (Jinja2's autoescape): a run name or a config
+value is shown as text, never run as markup.
+
+Cost: one study read and one comparison (a sweep's ``summary.csv``), the figures of ``plots.plot``
+(the expensive part), and a full diagnosis only for up to :data:`FULL_DIAGNOSES` runs; the verdicts of
+more runs come from their summaries, which ``vgp run`` already diagnosed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from vgp import analysis, study
+from vgp.errors import UserError, clipped
+
+FULL_DIAGNOSES = 6  # up to this many runs, each run's whole diagnosis is in the page
+# decay rates shown beside the verdicts (geometric mean ×/÷ geometric std over a group's runs)
+RATES = {"decay_per_layer": "decay per layer, step 0", "decay_per_layer_last": "decay per layer, last step",
+         "predicted_decay_per_layer": "decay per layer, theory", "decay_per_step": "decay per time step"}
+VERDICTS = ("vanishing", "exploding", "healthy")
+
+
+def output_path(paths: list[Path], out: Path | None) -> Path:
+    """``out``, checked; default ``PATH/report.html`` for one folder (beside it for a summary CSV).
+    A UserError, before any work, for an ``out`` that cannot be an HTML file."""
+    if out is None:
+        if len(paths) != 1:
+            raise UserError("several paths: name the report with -o FILE.html")
+        path = Path(paths[0])
+        if not path.exists():
+            raise UserError(f"{path}: no such file or folder")
+        out = (path if path.is_dir() else path.parent) / "report.html"
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"-o {out}: a folder; give a file name, e.g. {out / 'report.html'}")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"-o {out}: the report is HTML; give a name ending in .html")
+    above = out.parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise UserError(f"-o {out}: cannot be created, {above} is a file")
+    return out
+
+
+def write(paths, out: Path | None = None, by: list[str] | None = None, where=(), warn=analysis.warn) -> Path:
+    """Build the report of ``paths`` and write it atomically to ``out`` (:func:`output_path`)."""
+    from vgp.results import atomic_write
+
+    paths = [Path(p) for p in paths]
+    out = output_path(paths, out)
+    page = html(paths, by, where, warn)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, page)
+    except OSError as e:
+        raise UserError(f"-o {out}: cannot write it ({e.strerror or e})") from None
+    return out
+
+
+def html(paths, by: list[str] | None = None, where=(), warn=analysis.warn) -> str:
+    """The page, as text. Warnings (runs left out, keys mixed inside a row) go to ``warn`` and into
+    the page."""
+    import jinja2
+
+    from vgp import __version__, compare
+
+    warnings: list[str] = []
+
+    def keep(message: str) -> None:
+        warnings.append(message)
+        warn(message)
+
+    table = compare.compare(paths, by=by, where=list(where), warn=keep)
+    s = study.where(study.load(paths, warn=lambda _: None), list(where))  # warned once, by compare
+    env = jinja2.Environment(loader=jinja2.PackageLoader("vgp", "templates"), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    figures = _figures(paths, s, list(where), keep)
+    return env.get_template("report.html.j2").render(
+        title=_title(paths, s), paths=[str(p) for p in paths], when=datetime.now().astimezone().strftime(
+            "%Y-%m-%d %H:%M %Z"), version=__version__, statuses=_statuses(s), where=list(where),
+        axes=_axes(s), declared=s.declared, seeds=_seeds(s), constant=_constant(s), warnings=warnings,
+        comparison=_comparison(table), caption=compare.title(table),
+        diagnosis=_diagnosis(s, table), diagnoses=_diagnoses(s), figures=figures)
+
+
+# -- what was read -------------------------------------------------------------------------------
+
+def _title(paths: list[Path], s: study.Study) -> str:
+    names = ", ".join(p.name if p.name != "summary.csv" else p.parent.name for p in paths[:3])
+    return names + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
+def _statuses(s: study.Study) -> list[tuple[str, int]]:
+    """[('completed', 210), ('diverged', 4), ('failed', 2)]: finished first, then the rest."""
+    counts = s.table["status"].value_counts()
+    order = [c for c in study.FINISHED if c in counts] + sorted(c for c in counts.index if c not in study.FINISHED)
+    return [(c, int(counts[c])) for c in order]
+
+
+def _value(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return str(v)
+
+
+def _axes(s: study.Study) -> list[dict]:
+    """Each axis: its columns' short names and the values it takes (zipped columns together)."""
+    out = []
+    for axis in s.axes:
+        cols = [c for c in axis if c in s.table]
+        if not cols:
+            continue
+        combos = s.table[cols].drop_duplicates()
+        combos = combos.sort_values(cols, key=study.sort_key, kind="stable")
+        values = [" ".join(_value(v) for v in row) for row in combos.itertuples(index=False)]
+        out.append({"label": ", ".join(study.labels(cols).values()), "full": ", ".join(cols), "values": values})
+    return out
+
+
+def _seeds(s: study.Study) -> list[str]:
+    if "seed" not in s.table:
+        return []
+    return [_value(v) for v in sorted(s.table["seed"].dropna().unique(), key=lambda v: study._natural(str(v)))]
+
+
+def _constant(s: study.Study) -> list[tuple[str, str]]:
+    return [(k, _value(v)) for k, v in s.constant().items() if k not in study.NOT_AXES]
+
+
+# -- the comparison and the diagnosis ------------------------------------------------------------
+
+def _comparison(table: pd.DataFrame) -> dict:
+    """{'keys': headers of the grouping columns, 'head': the other headers, 'rows': [(keys, cells)]}."""
+    from vgp import compare
+
+    by, metrics = table.attrs["by"], table.attrs["metrics"]
+    counts = ["n", "diverged", "failed"]
+    rows = [([_value(row[c]) for c in by], [str(int(row[c])) for c in counts] + [compare.cell(row, m) for m in metrics])
+            for _, row in table.iterrows()]
+    return {"by": list(study.labels(by).values()), "head": counts + list(metrics), "rows": rows}
+
+
+def _members(s: study.Study, table: pd.DataFrame):
+    """For each row of the comparison ``table``, the study's runs in it (a boolean mask)."""
+    by = table.attrs["by"]
+    cols = {c: s.table[c] for c in by}
+    for _, row in table.iterrows():
+        mask = pd.Series(True, index=s.table.index)
+        for c in by:
+            v = row[c]
+            mask &= cols[c].isna() if pd.isna(v) else cols[c].eq(v)
+        yield mask
+
+
+def _counted(values: pd.Series, n: int) -> list[tuple[str, str]]:
+    """[('3/3 vanishing', 'vanishing')]: each verdict's count over the ``n`` runs of a group, most
+    first; runs with no verdict (not finished, older runs) are counted as 'no verdict'."""
+    words = values.fillna("no verdict").astype(str).map(lambda v: "error" if v.startswith("error") else v)
+    return [(f"{k}/{n} {word}", word if word in VERDICTS else "other")
+            for word, k in words.value_counts().items()]
+
+
+def _rate(values: pd.Series) -> str:
+    from vgp import compare
+
+    g, gsd = study.gmean_gsd(pd.to_numeric(values, errors="coerce"))
+    return compare.cell({"r_gmean": g, "r_gsd": gsd}, "r")
+
+
+def _diagnosis(s: study.Study, table: pd.DataFrame) -> dict:
+    """Per row of the comparison: the verdicts at step 0 and at the last step, counted, and the decay
+    rates over its finished runs (the summary columns each run's diagnosis wrote)."""
+    t = s.table
+    finished = t["status"].isin(study.FINISHED)
+    rates = [m for m in RATES if m in t and pd.to_numeric(t[m], errors="coerce").notna().any()]
+    errors = sorted({v for c in ("verdict", "verdict_last") if c in t for v in t[c].dropna().astype(str)
+                     if v.startswith("error")})
+    rows = []
+    for mask, (_, row) in zip(_members(s, table), table.iterrows()):
+        group = t[mask]
+        n = len(group)
+        verdicts = [_counted(group[c] if c in group else pd.Series([None] * n), n) for c in ("verdict", "verdict_last")]
+        done = group[finished[mask]]
+        rows.append(([_value(row[c]) for c in table.attrs["by"]], str(n), verdicts,
+                     [_rate(done[m]) for m in rates]))
+    return {"by": list(study.labels(table.attrs["by"]).values()), "rates": [RATES[m] for m in rates],
+            "rows": rows, "errors": [clipped(e, 300) for e in errors[:5]]}
+
+
+def _diagnoses(s: study.Study) -> list[dict]:
+    """Each run's whole diagnosis (``vgp diagnose``'s text), for up to FULL_DIAGNOSES runs."""
+    from rich.text import Text
+
+    if "folder" not in s.table or len(s.table) > FULL_DIAGNOSES:
+        return []
+    out = []
+    for folder in s.table["folder"].dropna():
+        try:
+            text = analysis.report(analysis.diagnose(folder))
+            try:
+                text = Text.from_markup(text).plain
+            except Exception:  # noqa: BLE001 - a name with brackets rich reads as markup: shown as it is
+                pass
+            out.append({"folder": str(folder), "text": text, "error": None})
+        except UserError as e:
+            out.append({"folder": str(folder), "text": None, "error": str(e)})
+    return out
+
+
+# -- figures -------------------------------------------------------------------------------------
+
+def _figures(paths: list[Path], s: study.Study, where: list[str], warn) -> list[dict]:
+    """Every figure ``plots.plot`` draws (kind 'all'), as inline SVG: [{'name', 'svg' | 'error'}].
+    With ``--where``, only the runs kept are drawn. A kind that fails is shown as its message."""
+    from vgp import plots
+
+    targets = paths
+    if where and "folder" in s.table:
+        targets = [Path(f) for f in s.table["folder"].dropna()]
+    if not targets:
+        return [{"name": "figures", "svg": None, "error": "no run folder to draw (summary CSVs only)"}]
+    with tempfile.TemporaryDirectory(prefix="vgp-report-") as tmp:
+        try:
+            files = plots.plot(targets, "all", out=Path(tmp), fmt="svg", warn=warn)
+            failed = []
+        except UserError as e:  # one kind failed: draw each alone, to show the others
+            files, failed = [], [{"name": "figures", "svg": None, "error": str(e)}]
+            for kind in plots.KINDS:
+                try:
+                    files += plots.plot(targets, kind, out=Path(tmp) / f"{kind}.svg", fmt="svg", warn=lambda _: None)
+                except UserError as e:
+                    failed.append({"name": kind, "svg": None, "error": str(e)})
+        figures = [{"name": Path(f).stem, "svg": inline_svg(Path(f).read_text(encoding="utf-8"), f"f{i}-"),
+                    "error": None} for i, f in enumerate(files) if Path(f).suffix == ".svg"]
+    return figures + failed
+
+
+_PROLOG = re.compile(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>|<metadata>.*?</metadata>", re.S)
+_ID = re.compile(r'\bid="([^"]+)"')
+_REF = re.compile(r'(href="#|url\(#)([^")]+)')
+
+
+def inline_svg(text: str, prefix: str) -> str:
+    """An SVG file as markup to put inside HTML: without its XML prolog, DOCTYPE and metadata (which
+    names matplotlib's web site), every id prefixed (matplotlib numbers ids the same way in every
+    figure: 'patch_1', and clip paths by a hash of the rectangle, so two figures share ids and a
+    reference would reach into the wrong one)."""
+    text = _PROLOG.sub("", text).strip()
+    text = _ID.sub(lambda m: f'id="{prefix}{m.group(1)}"', text)
+    return _REF.sub(lambda m: f"{m.group(1)}{prefix}{m.group(2)}", text)
