@@ -123,6 +123,16 @@ def timed(*argv) -> tuple[float | None, str]:
     return None, f"failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}"
 
 
+def version() -> str:
+    """The commit measured, '-dirty' when the working tree differs from it (figures depend on the code)."""
+    try:
+        r = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                           cwd=Path(__file__).parent)
+    except OSError:
+        return "(no git)"
+    return r.stdout.strip() or "(not a git checkout)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, default=Path("results") / NAME, help="where the sweeps are made and kept")
@@ -154,7 +164,7 @@ def main() -> None:
         s = median[name, n]
         return f"{(s - base) / n * 1000:.2f}" if per_1000 else f"{s:.2f}"
 
-    print(f"{made}\n{os.cpu_count()} cores, Python {sys.version.split()[0]}, median of {args.repeat}; "
+    print(f"{made}\nvgp {version()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, median of {args.repeat}; "
           f"`python -c \"import vgp.cli\"` (the floor of any command): {base:.2f} s\n")
     print("| runs | " + " | ".join(f"{c} s" for c in COMMANDS) + " |")
     print("|---:|" + "---:|" * len(COMMANDS))
