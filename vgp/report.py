@@ -18,9 +18,11 @@ from __future__ import annotations
 import math
 import re
 import tempfile
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vgp import analysis, study
@@ -78,6 +80,7 @@ def html(paths, by: list[str] | None = None, where=(), warn=analysis.warn) -> st
 
     from vgp import __version__, compare
 
+    paths = [Path(p) for p in paths]
     warnings: list[str] = []
 
     def keep(message: str) -> None:
@@ -156,30 +159,34 @@ def _comparison(table: pd.DataFrame) -> dict:
     return {"by": list(study.labels(by).values()), "head": counts + list(metrics), "rows": rows}
 
 
-def _members(s: study.Study, table: pd.DataFrame):
-    """For each row of the comparison ``table``, the study's runs in it (a boolean mask)."""
+def _members(s: study.Study, table: pd.DataFrame) -> list[list[int]]:
+    """For each row of the comparison ``table``, the positions of its runs in the study's table
+    (found by their key values in one pass: a mask per row would cost rows x runs)."""
     by = table.attrs["by"]
-    cols = {c: s.table[c] for c in by}
-    for _, row in table.iterrows():
-        mask = pd.Series(True, index=s.table.index)
-        for c in by:
-            v = row[c]
-            mask &= cols[c].isna() if pd.isna(v) else cols[c].eq(v)
-        yield mask
+    if not by:
+        return [list(range(len(s.table)))]
+
+    def key(values):  # NaN never equals NaN: None stands for an empty key
+        return tuple(None if pd.isna(v) else v for v in values)
+
+    runs: dict[tuple, list[int]] = {}
+    for i, values in enumerate(s.table[by].itertuples(index=False, name=None)):
+        runs.setdefault(key(values), []).append(i)
+    return [runs.get(key(values), []) for values in table[by].itertuples(index=False, name=None)]
 
 
-def _counted(values: pd.Series, n: int) -> list[tuple[str, str]]:
+def _counted(values: list, n: int) -> list[tuple[str, str]]:
     """[('3/3 vanishing', 'vanishing')]: each verdict's count over the ``n`` runs of a group, most
     first; runs with no verdict (not finished, older runs) are counted as 'no verdict'."""
-    words = values.fillna("no verdict").astype(str).map(lambda v: "error" if v.startswith("error") else v)
-    return [(f"{k}/{n} {word}", word if word in VERDICTS else "other")
-            for word, k in words.value_counts().items()]
+    words = Counter("no verdict" if v is None or v != v else "error" if str(v).startswith("error") else str(v)
+                    for v in values)
+    return [(f"{k}/{n} {word}", word if word in VERDICTS else "other") for word, k in words.most_common()]
 
 
-def _rate(values: pd.Series) -> str:
+def _rate(values) -> str:
     from vgp import compare
 
-    g, gsd = study.gmean_gsd(pd.to_numeric(values, errors="coerce"))
+    g, gsd = study.gmean_gsd(values)
     return compare.cell({"r_gmean": g, "r_gsd": gsd}, "r")
 
 
@@ -187,18 +194,18 @@ def _diagnosis(s: study.Study, table: pd.DataFrame) -> dict:
     """Per row of the comparison: the verdicts at step 0 and at the last step, counted, and the decay
     rates over its finished runs (the summary columns each run's diagnosis wrote)."""
     t = s.table
-    finished = t["status"].isin(study.FINISHED)
-    rates = [m for m in RATES if m in t and pd.to_numeric(t[m], errors="coerce").notna().any()]
-    errors = sorted({v for c in ("verdict", "verdict_last") if c in t for v in t[c].dropna().astype(str)
-                     if v.startswith("error")})
+    finished = t["status"].isin(study.FINISHED).to_numpy()
+    verdicts = {c: t[c].tolist() if c in t else [None] * len(t) for c in ("verdict", "verdict_last")}
+    rates = {m: pd.to_numeric(t[m], errors="coerce").to_numpy(dtype=float) for m in RATES if m in t}
+    rates = {m: v for m, v in rates.items() if np.isfinite(v).any()}
+    errors = sorted({str(v) for vs in verdicts.values() for v in vs if str(v).startswith("error")})
     rows = []
-    for mask, (_, row) in zip(_members(s, table), table.iterrows()):
-        group = t[mask]
-        n = len(group)
-        verdicts = [_counted(group[c] if c in group else pd.Series([None] * n), n) for c in ("verdict", "verdict_last")]
-        done = group[finished[mask]]
-        rows.append(([_value(row[c]) for c in table.attrs["by"]], str(n), verdicts,
-                     [_rate(done[m]) for m in rates]))
+    for members, keys in zip(_members(s, table), table[table.attrs["by"]].itertuples(index=False, name=None)):
+        idx = np.asarray(members, dtype=int)
+        done = idx[finished[idx]]
+        rows.append(([_value(k) for k in keys], str(len(idx)),
+                     [_counted([vs[i] for i in idx], len(idx)) for vs in verdicts.values()],
+                     [_rate(v[done]) for v in rates.values()]))
     return {"by": list(study.labels(table.attrs["by"]).values()), "rates": [RATES[m] for m in rates],
             "rows": rows, "errors": [clipped(e, 300) for e in errors[:5]]}
 
