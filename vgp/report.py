@@ -31,7 +31,7 @@ from vgp.errors import UserError, clipped
 FULL_DIAGNOSES = 6  # up to this many runs, each run's whole diagnosis is in the page
 # decay rates shown beside the verdicts (geometric mean ×/÷ geometric std over a group's runs)
 RATES = {"decay_per_layer": "decay per layer, step 0", "decay_per_layer_last": "decay per layer, last step",
-         "predicted_decay_per_layer": "decay per layer, theory", "decay_per_step": "decay per time step"}
+         "predicted_decay_per_layer": "decay per layer, theory", "decay_per_step": "decay per time step, step 0"}
 VERDICTS = ("vanishing", "exploding", "healthy")
 
 
@@ -96,7 +96,7 @@ def html(paths, by: list[str] | None = None, where=(), warn=analysis.warn) -> st
         title=_title(paths, s), paths=[str(p) for p in paths], when=datetime.now().astimezone().strftime(
             "%Y-%m-%d %H:%M %Z"), version=__version__, statuses=_statuses(s), where=list(where),
         axes=_axes(s), declared=s.declared, seeds=_seeds(s), constant=_constant(s), warnings=warnings,
-        comparison=_comparison(table), caption=compare.title(table),
+        comparison=_comparison(table), caption=_caption(table),
         diagnosis=_diagnosis(s, table), diagnoses=_diagnoses(s), figures=figures)
 
 
@@ -148,12 +148,24 @@ def _constant(s: study.Study) -> list[tuple[str, str]]:
 
 # -- the comparison and the diagnosis ------------------------------------------------------------
 
+def _counts(table: pd.DataFrame) -> list[str]:
+    """'n', and 'diverged' and 'failed' where some run did (as `vgp compare` shows them)."""
+    return ["n"] + [c for c in ("diverged", "failed") if table[c].sum() > 0]
+
+
+def _caption(table: pd.DataFrame) -> str:
+    from vgp import compare
+
+    quiet = [c for c in ("diverged", "failed") if c not in _counts(table)]
+    return compare.title(table) + (f"; no run {' or '.join(quiet)}" if quiet else "")
+
+
 def _comparison(table: pd.DataFrame) -> dict:
-    """{'keys': headers of the grouping columns, 'head': the other headers, 'rows': [(keys, cells)]}."""
+    """{'by': headers of the grouping columns, 'head': the other headers, 'rows': [(keys, cells)]}."""
     from vgp import compare
 
     by, metrics = table.attrs["by"], table.attrs["metrics"]
-    counts = ["n", "diverged", "failed"]
+    counts = _counts(table)
     rows = [([_value(row[c]) for c in by], [str(int(row[c])) for c in counts] + [compare.cell(row, m) for m in metrics])
             for _, row in table.iterrows()]
     return {"by": list(study.labels(by).values()), "head": counts + list(metrics), "rows": rows}
@@ -207,7 +219,8 @@ def _diagnosis(s: study.Study, table: pd.DataFrame) -> dict:
                      [_counted([vs[i] for i in idx], len(idx)) for vs in verdicts.values()],
                      [_rate(v[done]) for v in rates.values()]))
     return {"by": list(study.labels(table.attrs["by"]).values()), "rates": [RATES[m] for m in rates],
-            "rows": rows, "errors": [clipped(e, 300) for e in errors[:5]]}
+            "rows": rows, "overall": [_counted(vs, len(t)) for vs in verdicts.values()],
+            "errors": [clipped(e, 300) for e in errors[:5]]}
 
 
 def _diagnoses(s: study.Study) -> list[dict]:
