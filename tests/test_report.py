@@ -212,6 +212,20 @@ def test_single_run_from_the_cli_default_path_and_full_diagnosis(single):
     assert {"profile", "heatmap", "training"} <= set(page.figures)
 
 
+def test_an_unfinished_run_alone_is_diagnosed_from_the_steps_it_recorded(single, tmp_path):
+    folder = shutil.copytree(single, tmp_path / "killed")
+    (folder / "summary.csv").unlink()
+    for name in ("grad_norms.csv", "metrics.csv"):
+        (folder / name).rename(folder / (name + ".partial"))
+    (folder / "meta.json").write_text(json.dumps({"status": "running"}))
+    page = Page(report.write([folder], warn=lambda m: None).read_text())
+    text = " ".join(" ".join(page.text).split())
+    assert "1 running" in text and "unfinished" in page.pres[0]
+    (row,) = rows(page, "diagnosis")
+    assert re.fullmatch(r"1/1 (vanishing|exploding|healthy)", row["verdict, step 0"])
+    assert {"profile", "training"} <= set(page.figures)
+
+
 def test_values_from_files_are_shown_as_text(tmp_path, monkeypatch):
     """A config value and a verdict that are markup appear as text, in the comparison and the diagnosis."""
     for i, act in enumerate(("tanh", "relu")):
@@ -266,6 +280,7 @@ def test_damaged_and_unfinished_runs_are_left_out_or_counted(tmp_path):
     table = rows(page, "comparison")
     assert sum(int(r["failed"]) for r in table) == 6  # killed, failed, interrupted: counted, not dropped
     assert "4 running" in text and "1 failed" in text and "1 interrupted" in text
+    assert any("unfinished" in r["verdict, step 0"] for r in rows(page, "diagnosis"))
     assert {"profile", "heatmap", "training", "summary"} <= set(page.figures)
 
 

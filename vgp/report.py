@@ -92,12 +92,13 @@ def html(paths, by: list[str] | None = None, where=(), warn=analysis.warn) -> st
     env = jinja2.Environment(loader=jinja2.PackageLoader("vgp", "templates"), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     figures = _figures(paths, s, list(where), keep)
+    diagnoses = _diagnoses(s)
     return env.get_template("report.html.j2").render(
         title=_title(paths, s), paths=[str(p) for p in paths], when=datetime.now().astimezone().strftime(
             "%Y-%m-%d %H:%M %Z"), version=__version__, statuses=_statuses(s), where=list(where),
         axes=_axes(s), declared=s.declared, seeds=_seeds(s), constant=_constant(s), warnings=warnings,
         comparison=_comparison(table), caption=_caption(table),
-        diagnosis=_diagnosis(s, table), diagnoses=_diagnoses(s), figures=figures)
+        diagnosis=_diagnosis(s, table, diagnoses), diagnoses=diagnoses, figures=figures)
 
 
 # -- what was read -------------------------------------------------------------------------------
@@ -189,9 +190,9 @@ def _members(s: study.Study, table: pd.DataFrame) -> list[list[int]]:
 
 def _counted(values: list, n: int) -> list[tuple[str, str]]:
     """[('3/3 vanishing', 'vanishing')]: each verdict's count over the ``n`` runs of a group, most
-    first; runs with no verdict (not finished, older runs) are counted as 'no verdict'."""
-    words = Counter("no verdict" if v is None or v != v else "error" if str(v).startswith("error") else str(v)
-                    for v in values)
+    first; a run with no verdict is counted as 'unfinished' (it has no summary yet) or 'no verdict'
+    (an older run's summary)."""
+    words = Counter("error" if str(v).startswith("error") else str(v) for v in values)
     return [(f"{k}/{n} {word}", word if word in VERDICTS else "other") for word, k in words.most_common()]
 
 
@@ -202,12 +203,24 @@ def _rate(values) -> str:
     return compare.cell({"r_gmean": g, "r_gsd": gsd}, "r")
 
 
-def _diagnosis(s: study.Study, table: pd.DataFrame) -> dict:
+def _diagnosis(s: study.Study, table: pd.DataFrame, diagnoses: list[dict]) -> dict:
     """Per row of the comparison: the verdicts at step 0 and at the last step, counted, and the decay
-    rates over its finished runs (the summary columns each run's diagnosis wrote)."""
+    rates over its finished runs (the summary columns each run's diagnosis wrote; for an unfinished
+    run, the verdicts of its full diagnosis where there is one)."""
     t = s.table
     finished = t["status"].isin(study.FINISHED).to_numpy()
-    verdicts = {c: t[c].tolist() if c in t else [None] * len(t) for c in ("verdict", "verdict_last")}
+    folders = t["folder"].tolist() if "folder" in t else [None] * len(t)
+    diagnosed = {d["folder"]: d for d in diagnoses if d["verdicts"]}
+
+    def verdict(i: int, v, k: int) -> str:
+        if isinstance(v, str) and v:
+            return v
+        if str(folders[i]) in diagnosed:
+            return diagnosed[str(folders[i])]["verdicts"][k]
+        return "no verdict" if finished[i] else "unfinished"
+
+    verdicts = {c: [verdict(i, v, k) for i, v in enumerate(t[c] if c in t else [None] * len(t))]
+                for k, c in enumerate(("verdict", "verdict_last"))}
     rates = {m: pd.to_numeric(t[m], errors="coerce").to_numpy(dtype=float) for m in RATES if m in t}
     rates = {m: v for m, v in rates.items() if np.isfinite(v).any()}
     errors = sorted({str(v) for vs in verdicts.values() for v in vs if str(v).startswith("error")})
@@ -232,14 +245,16 @@ def _diagnoses(s: study.Study) -> list[dict]:
     out = []
     for folder in s.table["folder"].dropna():
         try:
-            text = analysis.report(analysis.diagnose(folder))
-            try:
-                text = Text.from_markup(text).plain
-            except Exception:  # noqa: BLE001 - a name with brackets rich reads as markup: shown as it is
-                pass
-            out.append({"folder": str(folder), "text": text, "error": None})
+            d = analysis.diagnose(folder)
         except UserError as e:
-            out.append({"folder": str(folder), "text": None, "error": str(e)})
+            out.append({"folder": str(folder), "text": None, "error": str(e), "verdicts": None})
+            continue
+        text = analysis.report(d)
+        try:
+            text = Text.from_markup(text).plain
+        except Exception:  # noqa: BLE001 - a name with brackets rich reads as markup: shown as it is
+            pass
+        out.append({"folder": str(folder), "text": text, "error": None, "verdicts": (d["verdict"], d["verdict_last"])})
     return out
 
 
