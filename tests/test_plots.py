@@ -65,19 +65,19 @@ def test_every_kind_for_a_group(sweep, tmp_path):
     assert sorted(p.name for p in files) == ["heatmap.svg", "profile.svg", "summary.svg", "training.svg"]
     texts = {p.stem: _ok(p, svg=True) for p in files}
     assert "activation=relu" in texts["profile"]  # labelled by the keys that differ
-    assert "depth" in texts["summary"] and "mean and min-max over 2 runs" in texts["summary"]
+    assert "depth" in texts["summary"] and "band: min-max over 2 runs (2 seeds)" in texts["summary"]
     out = plots.plot([sweep], "summary", tmp_path / "s.png", x="depth", y="decay_per_layer", by="activation")
     _ok(out[0])
 
 
-def test_summary_table_reads_every_run(sweep):
-    runs = plots.find_runs([sweep])
-    table = plots.summary_table(runs)
-    assert len(table) == 8
-    for r in runs:
-        row = table[table.name == r.name].iloc[0]
-        assert row.decay_per_layer == pytest.approx(float(r.summary["decay_per_layer"]))
-    assert plots.differing(runs) == ["seed", "model.depth", "model.activation.name"]
+def test_a_folder_of_runs_is_one_study_split_by_what_differs(sweep):
+    s = plots.load([sweep])
+    assert len(s.table) == 8 and s.axes == [["model.depth"], ["model.activation.name"]]  # seed is no axis
+    named = plots.load(sorted((sweep / "runs").iterdir()))  # run folders one by one: no axis per folder
+    assert "source" not in named.table and named.axes == s.axes
+    for _, row in s.table.iterrows():
+        own = pd.read_csv(f"{row.folder}/summary.csv").iloc[0]
+        assert row.decay_per_layer == pytest.approx(float(own.decay_per_layer))
 
 
 def test_zeros_and_nans_are_masked_and_said(broken, tmp_path):

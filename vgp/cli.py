@@ -258,17 +258,30 @@ def theory(
 
 @app.command()
 def plot(
-    paths: List[Path] = typer.Argument(..., help="run folders, a sweep folder or a results folder", show_default=False),
+    paths: List[Path] = typer.Argument(..., help="run folders, a sweep folder, a results folder or summary CSVs",
+                                       show_default=False),
     kind: str = typer.Option("all", "--kind", "-k", help="profile | heatmap | time | training | summary | all"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="file (one kind; .png or .svg) or folder (all); "
                                                                "default PATH/plots/"),
-    steps: Optional[str] = typer.Option(None, help="recorded steps to draw, e.g. 0,100,500 (default: a few)"),
-    x: Optional[str] = typer.Option(None, help="summary: config key on the x axis (e.g. model.depth)"),
-    y: str = typer.Option("decay_per_layer", help="summary: summary.csv column on the y axis"),
-    by: Optional[str] = typer.Option(None, help="summary: one line per value of this config key"),
+    hue: Optional[str] = typer.Option(None, "--hue", help="one colour per value of this config key "
+                                                          "(default: the sweep's first axis)"),
+    col: Optional[str] = typer.Option(None, "--col", help="one column of panels per value of this key "
+                                                          "(default: the next axis)"),
+    row: Optional[str] = typer.Option(None, "--row", help="one row of panels per value of this key "
+                                                          "(default: the next axis)"),
+    where: Optional[List[str]] = typer.Option(None, "--where", help="KEY=VALUE: keep only these runs (repeatable)"),
+    steps: Optional[str] = typer.Option(None, help="recorded steps to draw, e.g. 0,100,500 (default: a few for one "
+                                                   "run, the first for several)"),
+    x: Optional[str] = typer.Option(None, help="summary: config key on the x axis (e.g. depth, lr, sigma_w^2; "
+                                                "default: the first numeric axis)"),
+    y: str = typer.Option("decay_per_layer", help="summary: a summary.csv column (final_loss, final_test_acc, "
+                                                  "grad_ratio, ...) or steps_to_loss"),
+    target_loss: Optional[float] = typer.Option(None, "--target-loss", help="summary --y steps_to_loss: the "
+                                                                            "training loss to reach"),
+    by: Optional[str] = typer.Option(None, help="another name for --hue"),
     fmt: str = typer.Option("png", "--format", help="png | svg (for kind all)"),
 ):
-    """Draw gradient profiles, heatmaps, time profiles, training curves and sweep summaries."""
+    """Draw gradient profiles, heatmaps, time profiles, training curves and sweep summaries, split by facet."""
     from vgp import plots
 
     try:
@@ -277,7 +290,10 @@ def plot(
         raise UserError(f"--steps: expected integers separated by commas, got {steps!r}") from None
     if fmt not in ("png", "svg"):
         raise UserError(f"--format: png or svg, got {fmt!r}")
-    for path in plots.plot(paths, kind, out, chosen, x, y, by, fmt):
+    if hue and by and hue != by:
+        raise UserError(f"--by is another name for --hue: give one (got --hue {hue} and --by {by})")
+    for path in plots.plot(paths, kind, out, chosen, x, y, hue or by, fmt, hue=hue or by, col=col, row=row,
+                           where=where or [], target_loss=target_loss):
         typer.echo(str(path))
 
 

@@ -1,14 +1,21 @@
 """Figures of recorded gradients, headless (matplotlib's Agg backend), as PNG or SVG.
 
-Kinds (``vgp plot PATH --kind K``):
+Kinds (``vgp plot PATH --kind K``; ``all``: every kind that applies, into ``PATH/plots/``):
 
-* ``profile``: output_grad and weight_grad against layer, one line per recorded step (or per run
-  for a group), log y, with the mean-field prediction dashed where it applies;
-* ``heatmap``: layer x step, colour = log10 output_grad (one panel per run);
-* ``time``: recurrent nets: ||dLoss/dh_t|| against t, one line per step (per run for a group);
-* ``training``: loss, accuracy and total gradient norm (before and after clipping) against step;
-* ``summary``: a summary column against a config key, one line per value of another key, with the
-  mean and spread (min-max) over the remaining runs (seeds).
+* ``profile``: the gradient norm ||dLoss/dz_l|| against layer at the first recorded step (the
+  init), log y; the mean-field prediction dashed where it applies. For recurrent nets
+  (``model.arch`` rnn, lstm, gru) the time profile ||dLoss/dh_t|| against time step t instead;
+* ``heatmap``: log10 of that norm over layer (time step t) x training step;
+* ``time``: recurrent nets: ||dLoss/dh_t|| against t, one line per training step;
+* ``training``: the training loss (one run: also accuracy and the total gradient norm) against step;
+* ``summary``: one number per run (a summary.csv column, or ``steps_to_loss`` with a target loss)
+  against a config key (:mod:`vgp.plots_summary`).
+
+One run: its steps are the lines (below). Several runs or a sweep: the runs are split by facet
+(:mod:`vgp.facets`): a colour per value of ``hue``, panels by ``col`` and ``row``, defaults from the
+sweep's declared axes; the runs of a line (seeds, and whatever else the title names) are drawn as a
+mean line and a band (:mod:`vgp.plots_group`). Each kind reads only what it draws: ``summary`` the
+study's table (one CSV for a sweep), the others the runs' CSVs, all at once (:mod:`vgp.rundata`).
 
 Norms of exactly 0 (float32 underflow) and NaN/inf (diverged runs) cannot go on a log axis: they are
 left out and the title says how many.
@@ -23,80 +30,233 @@ import matplotlib
 
 matplotlib.use("Agg")
 matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: smaller, searchable
+matplotlib.rcParams["svg.hashsalt"] = "vgp"  # the same figure gives the same SVG
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vgp import analysis  # noqa: E402
+from vgp import analysis, facets, rundata, study as studies  # noqa: E402
+from vgp import plots_group as group  # noqa: E402
+from vgp import plots_summary  # noqa: E402
 from vgp.errors import UserError  # noqa: E402
 from vgp.registry import did_you_mean  # noqa: E402
 
 KINDS = ("profile", "heatmap", "time", "training", "summary")
 METRICS = ["step", "loss", "acc", "grad_norm", "grad_norm_clipped", "test_loss", "test_acc"]  # what training draws
-IGNORED_KEYS = ("name", "out", "log.kinds", "device")  # differ between runs without describing them
 
 
-# -- finding runs and naming them ---------------------------------------------------------
+# -- the entry points ------------------------------------------------------------------------
 
-def find_runs(paths, warn=analysis.warn) -> list[analysis.Run]:
-    """Run folders named directly, inside a sweep (``<sweep>/runs/<id>/``) or inside a results folder;
-    among several, one that cannot be read is left out with a warning (:func:`vgp.analysis.find_runs`)."""
-    return analysis.find_runs(paths, warn)
-
-
-def _ordered(runs) -> list:
-    """Runs sorted by the config values that tell them apart (numbers as numbers: depth 5 before 10)."""
-    keys = differing(runs)
-    flats = [_flat(r) for r in runs]
-
-    def key(i):
-        return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in
-                     (flats[i].get(k) for k in reversed(keys)))
-
-    return [runs[i] for i in sorted(range(len(runs)), key=key)]
-
-
-def _flat(run: analysis.Run) -> dict:
-    from vgp.config import flatten
-
-    return flatten(run.config)
+def plot(paths, kind: str = "all", out: str | Path | None = None, steps=None, x=None, y="decay_per_layer",
+         by=None, fmt: str = "png", warn=analysis.warn, *, hue=None, col=None, row=None, where=(),
+         target_loss: float | None = None, study: studies.Study | None = None) -> list[Path]:
+    """Draw one kind (to ``out``, a file) or all that apply (into ``out``, a folder; default
+    ``PATH/plots/``). Returns the files written. ``by`` is another name for ``hue``; ``study``: the
+    runs already loaded (:func:`vgp.study.load`), read instead of ``paths``. See :func:`figures`."""
+    _check_kind(kind)
+    if out is not None:
+        _check_out(Path(out), one_file=kind != "all")
+    figs = figures(paths, kind, steps=steps, x=x, y=y, hue=hue or by, col=col, row=row, where=where,
+                   target_loss=target_loss, study=study, warn=warn)
+    first = Path(paths[0]) if paths else Path(study.paths[0])
+    base = Path(out) if out is not None else (first if first.is_dir() else first.parent) / "plots"
+    if kind != "all":
+        return [_save(figs[kind], base if out is not None else base / f"{kind}.{fmt}")]
+    return [_save(fig, base / f"{k}.{fmt}") for k, fig in figs.items()]
 
 
-def differing(runs) -> list[str]:
-    """Config keys (flattened) whose values differ between the runs, in config order."""
-    flats = [_flat(r) for r in runs]
-    keys = list(dict.fromkeys(k for f in flats for k in f))
-    varied = [k for k in keys if k not in IGNORED_KEYS and len({repr(f.get(k)) for f in flats}) > 1]
+def figures(paths=(), kind: str = "all", steps=None, x=None, y="decay_per_layer", hue=None, col=None, row=None,
+            where=(), target_loss: float | None = None, study: studies.Study | None = None,
+            warn=analysis.warn) -> dict[str, plt.Figure]:
+    """The figures of ``kind`` (or every kind that applies) as {kind: matplotlib Figure}, not saved.
 
-    def explained(k: str) -> bool:  # init.mode differs only because init.name does (kaiming vs xavier)
-        parent = k.rsplit(".", 1)[0] + ".name"
-        if k.endswith(".name") or parent not in varied:
-            return False
-        per_name = {}
-        for f in flats:
-            per_name.setdefault(repr(f.get(parent)), set()).add(repr(f.get(k)))
-        return all(len(v) == 1 for v in per_name.values())
+    Among several runs, a run folder that cannot be read is left out with a ``warn`` line; unfinished
+    runs are drawn from the steps they recorded, with a note on standard error. With ``all``, a kind
+    that cannot be drawn (too many panels) is left out with a ``warn`` line naming what to do."""
+    _check_kind(kind)
+    if study is None and len(paths) == 1 and analysis.is_run_folder(Path(paths[0])) and not where:
+        if kind == "summary":
+            raise UserError("summary plots compare runs: give a sweep folder or several run folders")
+        return one_run(analysis.read_run(paths[0]), kind, steps)  # its own errors, whichever file is damaged
+    s = studies.where(study if study is not None else load(paths, warn), list(where))
+    folders = [f for f in s.table.get("folder", pd.Series(dtype=object)) if isinstance(f, str) and f]
+    if len(s.table) == 1 and folders:
+        if kind == "summary":
+            raise UserError("summary plots compare runs: give a sweep folder or several run folders")
+        return one_run(analysis.read_run(folders[0]), kind, steps)
+    files = None
+    if (kind != "summary" or y == plots_summary.STEPS_TO_LOSS) and folders:
+        files = rundata.read(s.table, warn)
+        note = _unfinished_note(files)
+        if note:
+            analysis.note(note)
+    elif kind not in ("summary", "all"):
+        raise UserError(f"--kind {kind} draws the runs' own files, and {', '.join(map(str, s.paths))} holds none "
+                        f"(summary CSVs only): give run or sweep folders, or draw --kind summary")
+    d = group.Data(s, files, facets.fixed_text(s, list(where)))
+    options = dict(steps=steps, x=x, y=y, hue=hue, col=col, row=row, target_loss=target_loss)
+    kinds = [kind] if kind != "all" else _kinds(s, files)
+    out, said = {}, set()
 
-    return [k for k in varied if not explained(k)]
+    def warn_once(message):
+        if message not in said:
+            said.add(message)
+            warn(message)
+
+    for k in kinds:
+        try:
+            out[k] = _group_figure(k, d, options, warn_once)
+        except UserError as e:
+            if kind != "all":
+                raise
+            warn(f"{k} figure not drawn: {e}")
+    if not out:
+        raise UserError("no figure could be drawn (see the warnings above)")
+    return out
 
 
-def short(key: str) -> str:
-    """model.activation.name -> activation; model.init.scale -> init.scale."""
-    for prefix in ("model.", "train.", "data."):
-        key = key.removeprefix(prefix)
-    return key.removesuffix(".name")
+def load(paths, warn=analysis.warn) -> studies.Study:
+    """:func:`vgp.study.load`; run folders named one by one are one study (no ``source`` axis with a
+    value per run). Until vgp/study.py does it itself: bool config columns are read as objects
+    (pandas 3 refuses the None that ``study._blank_unused`` puts into the unused ``model.skip`` of a
+    recurrent net), and an empty run summary.csv is said to have no row (as ``read_run`` says)."""
+    for p in map(Path, paths):
+        if p.is_file():
+            try:
+                studies._summary(p, in_folder=False)
+            except UserError as e:
+                raise UserError(f"{p}: a file, not a run folder, a sweep folder or a summary CSV "
+                                f"({str(e).removeprefix(str(p) + ': ')})") from None
+    original = studies._blank_unused
+
+    def blank(table):
+        for c in table.columns:
+            if table[c].dtype == bool:
+                table[c] = table[c].astype(object)
+        return original(table)
+
+    def said(message: str) -> None:  # an empty run summary.csv is named as read_run names it
+        path = message.split(": no config column", 1)[0]
+        if path != message and path.endswith("summary.csv") and Path(path).is_file() and \
+                len(Path(path).read_text(errors="replace").strip().splitlines()) <= 1:
+            message = f"{path}: no row (a finished run's summary has one); left out"
+        warn(message)
+
+    studies._blank_unused = blank
+    try:
+        s = studies.load(paths, said)
+    finally:
+        studies._blank_unused = original
+    t = s.table
+    if "source" in t and t["source"].is_unique and len(t) > 1:
+        t = t.drop(columns="source")
+        s = studies.Study(t, studies._together(t, studies.varying(t)), s.paths, s.declared)
+    return s
 
 
-def labels(runs, seeds: bool = True) -> list[str]:
-    """What tells the runs apart, e.g. 'depth=20, activation=tanh' (without the seed if not ``seeds``)."""
-    keys = [k for k in differing(runs) if seeds or k != "seed"]
-    if not keys:
-        return [r.name for r in runs]
-    return [", ".join(f"{short(k)}={_flat(r).get(k)}" for k in keys) for r in runs]
+def _kinds(s: studies.Study, files) -> list[str]:
+    if files is None:
+        return ["summary"] if s.axes else []
+    kinds = ["profile"]
+    steps = files.grads.groupby("run")["step"].nunique() if len(files.grads) else pd.Series(dtype=int)
+    if len(steps) and steps.max() > 1:
+        kinds.append("heatmap")
+    else:
+        analysis.note("heatmap left out: every run recorded one step")
+    losses = files.metrics.dropna(subset=["loss"]) if "loss" in files.metrics else files.metrics.iloc[:0]
+    if len(losses) and losses.groupby("run")["step"].nunique().max() > 1:
+        kinds.append("training")
+    else:
+        analysis.note("training left out: no run recorded two steps of metrics")
+    if len(files.time):
+        kinds.append("time")
+    if s.axes:
+        kinds.append("summary")
+    return kinds
 
 
-# -- helpers ---------------------------------------------------------------------------------
+def _sub(s: studies.Study, index) -> studies.Study:
+    t = s.table.loc[list(index)]
+    return studies.Study(t, [a for a in s.axes if any(studies._differs(t[c]) for c in a)], s.paths, s.declared)
+
+
+def _group_figure(kind: str, d: group.Data, o: dict, warn) -> plt.Figure:
+    f = d.files
+    hue, col, row = o["hue"], o["col"], o["row"]
+    if kind == "summary":
+        s2, xk, ycol, ylabel = plots_summary.prepare(d.s, o["x"], o["y"], o["target_loss"], f)
+        p = facets.plan(s2, "summary", x=xk, hue=hue, col=col, row=row)
+        facets.warn_mixed(p, warn)
+        return plots_summary.summary(group.Data(s2, f, d.fixed), p, ycol, ylabel)
+    recurrent = [r for r in f.runs if f.recurrent(r)]
+    layered = [r for r in f.runs if not f.recurrent(r)]
+    if kind == "time":
+        runs = sorted(set(f.time["run"])) if len(f.time) else []
+        if not runs:
+            raise UserError("no time_grads.csv in these runs (it is written for recurrent nets: "
+                            "model.arch=rnn|lstm|gru)")
+        p = facets.plan(_sub(d.s, runs), kind, hue=hue, col=col, row=row, panels_only=True)
+        return group.time_steps(d, p, f.time, o["steps"])
+    if kind == "training":
+        p = facets.plan(_sub(d.s, f.runs), kind, hue=hue, col=col, row=row)
+        facets.warn_mixed(p, warn)
+        return group.training(d, p)
+    use_time = layered == [] and len(f.time) > 0
+    runs = recurrent if use_time else layered
+    dd = d if use_time or not recurrent else \
+        group.Data(d.s, f, "; ".join(t for t in (d.fixed, f"{len(recurrent)} recurrent runs: see time.png") if t))
+    p = facets.plan(_sub(d.s, runs), kind, hue=hue, col=col, row=row, layered=not use_time,
+                    panels_only=kind == "heatmap")
+    facets.warn_mixed(p, warn)
+    if use_time:
+        frame = f.time[f.time["layer"] == f.time.groupby("run")["layer"].transform("min")]
+        if kind == "profile":
+            return group.profile(dd, p, frame, "t", "gradient back through time ||dLoss/dh_t||", "time step t",
+                                 "||dLoss/dh_t||", o["steps"])
+        return group.heatmap(dd, p, frame, "t", "||dLoss/dh_t||", "time step t")
+    frame = f.grads[f.grads["kind"] == "output_grad"]
+    if kind == "profile":
+        return group.profile(dd, p, frame, "layer", "gradient norm by layer ||dLoss/dz_l|| (output_grad)",
+                             "layer (1 = input side)", "||dLoss/dz_l||", o["steps"], theory=True)
+    return group.heatmap(dd, p, frame, "layer", "||dLoss/dz_l||", "layer")
+
+
+def _unfinished_note(files: rundata.RunFiles) -> str | None:
+    left = list(files.unfinished.values())
+    if not left:
+        return None
+    shown = ", ".join(f"{r.folder.name} ({r.unfinished_why()})" for r in left[:3]) + (", ..." if len(left) > 3 else "")
+    return f"{len(left)} of {len(files.runs)} runs unfinished, drawn from the steps they recorded so far: {shown}"
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS + ("all",):
+        raise UserError(f"unknown plot kind '{kind}'{did_you_mean(kind, KINDS + ('all',))} "
+                        f"(valid: {', '.join(KINDS)}, all)")
+
+
+# -- one run: its recorded steps are the lines ----------------------------------------------------
+
+def one_run(run: analysis.Run, kind: str, steps=None) -> dict[str, plt.Figure]:
+    """The figures of one run (a UserError for a kind it has no data for, e.g. time for an MLP)."""
+    note = analysis.unfinished_note([run])
+    if note:
+        analysis.note(note)
+    recurrent = str((run.config.get("model") or {}).get("arch")) in rundata.RECURRENT and \
+        run.time is not None and len(run.time)
+    has_time = run.time is not None and len(run.time)
+    draw = {"profile": lambda: time_profile(run, steps) if recurrent else profile(run, steps),
+            "heatmap": lambda: heatmap(run, "t" if recurrent else "layer"),
+            "time": lambda: time_profile(run, steps), "training": lambda: training(run)}
+    if kind == "time" and not has_time:
+        raise UserError(f"no time_grads.csv in {run.folder} (it is written for recurrent nets: "
+                        f"model.arch=rnn|lstm|gru)")
+    if kind != "all":
+        return {kind: draw[kind]()}
+    kinds = ["profile", "heatmap", "training"] + (["time"] if has_time else [])
+    return {k: draw[k]() for k in kinds}
+
 
 def _positive(x, y):
     """The points with y > 0 and finite, and how many were 0 and how many non-finite."""
@@ -108,14 +268,6 @@ def _positive(x, y):
 def _masked_note(zeros: int, bad: int) -> str:
     parts = ([f"{zeros} zero (underflow)"] if zeros else []) + ([f"{bad} NaN/inf"] if bad else [])
     return f"\n(not drawn: {', '.join(parts)} values)" if parts else ""
-
-
-def _unfinished(runs) -> str:
-    """' (unfinished)' for one run, '\n(2 of 8 runs unfinished: ...)' for a group, '' if all finished."""
-    n = sum(not r.finished for r in runs)
-    if not n:
-        return ""
-    return " (unfinished)" if len(runs) == 1 else f"\n({n} of {len(runs)} runs unfinished: drawn as far as they got)"
 
 
 def _pick_steps(steps, chosen=None, n: int = 5, where: str = "") -> list[int]:
@@ -141,6 +293,146 @@ def _log_if_wide(ax, decades: float = 1.0) -> None:
         ax.set_yscale("log")
 
 
+def _legend_outside(fig, axes, **kw) -> None:
+    handles, labels = [], []
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False, **kw)
+
+
+def _unfinished(run) -> str:
+    return "" if run.finished else " (unfinished)"
+
+
+def profile(run: analysis.Run, steps=None) -> plt.Figure:
+    """output_grad (left) and weight_grad (right) against layer, one line per recorded step (up to 5);
+    the mean-field prediction dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True, layout="constrained")
+    g = run.grads
+    recorded = sorted(g.step.unique())
+    chosen = _pick_steps(recorded, steps, n=5)
+    colours = group.VIRIDIS(np.linspace(0, 1, len(chosen)))
+    zeros = bad = 0
+    for j, step in enumerate(chosen):
+        for ax, kind in zip(axes, ("output_grad", "weight_grad")):
+            s = analysis.layer_norms(g, step, kind)
+            x, y, z, b = _positive(s.index, s.to_numpy())
+            zeros, bad = zeros + z, bad + b
+            ax.plot(x, y, "o-", ms=3, color=colours[j], label=f"step {step}")
+    og = analysis.layer_norms(g, recorded[0])
+    if len(og) >= 2 and og.iloc[-1] > 0 and math.isfinite(og.iloc[-1]):
+        t = analysis.theory_for(run, analysis.fit_layers(list(og.index)))
+        if t.get("applies"):  # anchored at the measured output layer, step 0
+            pred = np.array(t["predicted_norms"]) * og.iloc[-1]
+            axes[0].plot(og.index, pred, "--", color="k", lw=1.2, label=f"mean-field theory (step {recorded[0]})")
+    for ax, what in zip(axes, ("output_grad  ||dLoss/dz_l||", "weight_grad  ||dLoss/dW_l||")):
+        ax.set_yscale("log")
+        ax.set_xlabel("layer (1 = input side, last = output layer)")
+        ax.set_ylabel(what)
+        ax.grid(True, which="major", alpha=0.3)
+        group.integer_ticks(ax.xaxis)
+    _legend_outside(fig, axes)
+    fig.suptitle(f"gradient norm by layer - {run.name}{_unfinished(run)}{_masked_note(zeros, bad)}", fontsize=10)
+    return fig
+
+
+def heatmap(run: analysis.Run, ycol: str = "layer") -> plt.Figure:
+    """log10 output_grad over layer x step (``ycol`` 't': log10 ||dLoss/dh_t|| over time step x step)."""
+    if ycol == "t":
+        g = run.time[run.time.layer == run.time.layer.min()]
+        what, label = "||dLoss/dh_t||", "time step t"
+    else:
+        g = run.grads[run.grads.kind == "output_grad"]
+        what, label = "||dLoss/dz_l|| (output_grad)", "layer"
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    if g.empty:
+        ax.set_title(f"{run.name}\n(no output_grad recorded)")
+        return fig
+    table = g.pivot_table(index=ycol, columns="step", values="value", aggfunc="first")
+    v = table.to_numpy(dtype=float)
+    ok = np.isfinite(v) & (v > 0)
+    logv = np.ma.masked_array(np.log10(np.where(ok, v, 1.0)), ~ok)
+    steps, ys = table.columns.to_numpy(), table.index.to_numpy()
+    mesh = ax.pcolormesh(np.arange(len(steps) + 1) - 0.5, np.arange(len(ys) + 1) + ys.min() - 0.5, logv,
+                         cmap=group.HEAT, shading="flat")
+    group.step_ticks(ax, steps)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(label)
+    group.integer_ticks(ax.yaxis)
+    fig.colorbar(mesh, ax=ax, label=f"log10 {what.split(' ')[0]}")
+    masked = int((~ok).sum())
+    ax.set_title(f"log10 {what} by {label} and step - {run.name}{_unfinished(run)}" +
+                 (f"\n(grey: {masked} zero or NaN/inf values)" if masked else ""), fontsize=10)
+    return fig
+
+
+def time_profile(run: analysis.Run, steps=None) -> plt.Figure:
+    """||dLoss/dh_t|| against t: one line per recorded step (up to 4) and recurrent layer."""
+    if run.time is None or not len(run.time):
+        raise UserError(f"no time_grads.csv in {run.folder} (it is written for recurrent nets: "
+                        f"model.arch=rnn|lstm|gru)")
+    fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
+    chosen = _pick_steps(run.time.step.unique(), steps, n=4)
+    layers = sorted(run.time.layer.unique())
+    colours = group.VIRIDIS(np.linspace(0, 1, len(chosen)))
+    zeros = bad = 0
+    for j, step in enumerate(chosen):
+        for k, layer in enumerate(layers):
+            d = run.time[(run.time.step == step) & (run.time.layer == layer)].sort_values("t")
+            x, y, z, b = _positive(d.t, d.value)
+            zeros, bad = zeros + z, bad + b
+            ax.plot(x, y, group.STYLES[k % 4], color=colours[j],
+                    label=f"step {step}" + (f", layer {layer}" if len(layers) > 1 else ""))
+    ax.set_yscale("log")
+    ax.set_xlabel("time step t")
+    ax.set_ylabel("||dLoss/dh_t||")
+    group.integer_ticks(ax.xaxis)
+    ax.grid(True, alpha=0.3)
+    _legend_outside(fig, [ax])
+    ax.set_title(f"gradient back through time - {run.name}{_unfinished(run)}" + _masked_note(zeros, bad),
+                 fontsize=10)
+    return fig
+
+
+def training(run: analysis.Run) -> plt.Figure:
+    """Loss, accuracy and total gradient norm (pre- and post-clip) against step."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), layout="constrained")
+    m = run.metrics.reindex(columns=list(dict.fromkeys(list(run.metrics.columns) + METRICS)))  # old runs: empty
+    tr, te = m.dropna(subset=["loss"]), m.dropna(subset=["test_loss"])
+    x, y, _, bad = _positive(tr.step, tr.loss)
+    axes[0].plot(x, y, color="C0", label="train")
+    axes[0].plot(te.step, te.test_loss, "o--", ms=3, color="C1", label="test")
+    if tr.acc.notna().any():
+        axes[1].plot(tr.step, tr.acc, color="C0", label="train")
+        axes[1].plot(te.step, te.test_acc, "o--", ms=3, color="C1", label="test")
+    x, y, _, b = _positive(tr.step, tr.grad_norm)
+    bad += b
+    axes[2].plot(x, y, color="C0", label="before clipping")
+    if not np.allclose(tr.grad_norm, tr.grad_norm_clipped, equal_nan=True):
+        x, y, _, _ = _positive(tr.step, tr.grad_norm_clipped)
+        axes[2].plot(x, y, ":", color="C2", label="after clipping")
+    for ax, label in zip(axes, ("loss", "accuracy", "total gradient norm")):
+        ax.set_ylabel(label)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    for ax in (axes[0], axes[2]):
+        _log_if_wide(ax)
+    _legend_outside(fig, axes)
+    if not len(run.metrics):
+        axes[1].text(0.5, 0.5, "no metrics recorded yet", ha="center", transform=axes[1].transAxes)
+    elif not axes[1].lines:
+        axes[1].text(0.5, 0.5, "regression: no accuracy", ha="center", transform=axes[1].transAxes)
+    fig.suptitle(f"training - {run.name}{_unfinished(run)}" +
+                 (f"  (not drawn: {bad} NaN/inf values - diverged)" if bad else ""))
+    return fig
+
+
+# -- writing ---------------------------------------------------------------------------------
+
 def _check_out(out: Path, one_file: bool) -> None:
     """Refuse, before drawing anything, an output path that cannot be what it has to be."""
     if one_file:
@@ -163,272 +455,9 @@ def _save(fig, out: Path) -> Path:
     try:
         _check_out(out, one_file=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=100, bbox_inches="tight")
+        fig.savefig(out, dpi=100)
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
         plt.close(fig)
     return out
-
-
-# -- the kinds --------------------------------------------------------------------------------
-
-def profile(runs, out, steps=None) -> Path:
-    """output_grad (left) and weight_grad (right) against layer; theory dashed."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-    group = len(runs) > 1
-    names = labels(runs, seeds=False)  # runs that differ only by seed share a colour and a label
-    index = {n: i for i, n in enumerate(dict.fromkeys(names))}
-    colours = plt.cm.tab10.colors if len(index) <= 10 else plt.cm.turbo(np.linspace(0, 1, len(index)))
-    zeros = bad = 0
-    theory_drawn = False
-    seen = set()
-    for r, run in enumerate(runs):
-        i = index[names[r]]
-        g = run.grads
-        recorded = sorted(g.step.unique())
-        chosen = _pick_steps(recorded, steps, n=1 if group else 5, where=f"{run.folder}: " if group else "")
-        cmap = plt.cm.viridis(np.linspace(0, 0.9, len(chosen)))
-        for j, step in enumerate(chosen):
-            colour = colours[i] if group else cmap[j]
-            label = (names[r] if names[r] not in seen else None) if group else f"step {step}"
-            for ax, kind in zip(axes, ("output_grad", "weight_grad")):
-                s = analysis.layer_norms(g, step, kind)
-                x, y, z, b = _positive(s.index, s.to_numpy())
-                zeros, bad = zeros + z, bad + b
-                ax.plot(x, y, "o-", ms=3, color=colour, label=label)
-        seen.add(names[r])
-        og = analysis.layer_norms(g, recorded[0])
-        if len(og) >= 2 and og.iloc[-1] > 0 and math.isfinite(og.iloc[-1]):
-            t = analysis.theory_for(run, analysis.fit_layers(list(og.index)))
-            if t.get("applies"):  # anchored at the measured output layer, step 0
-                pred = np.array(t["predicted_norms"]) * og.iloc[-1]
-                axes[0].plot(og.index, pred, "--", color=colours[i] if group else "k", lw=1.2,
-                             label=None if theory_drawn and not group else
-                             ("mean-field theory (step 0)" if not group else None))
-                theory_drawn = True
-    for ax, what in zip(axes, ("output_grad  ||dLoss/dz_l||", "weight_grad  ||dLoss/dW_l||")):
-        ax.set_yscale("log")
-        ax.set_xlabel("layer (1 = input side, last = output layer)")
-        ax.set_ylabel(what)
-        ax.grid(True, which="major", alpha=0.3)
-    title = "dashed: mean-field theory" if theory_drawn and group else None
-    if group and len(index) > 4:  # beside the plots, not over the lines
-        axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=7, title=title, title_fontsize=7,
-                       loc="upper left", bbox_to_anchor=(1.02, 1))
-    else:
-        axes[0].legend(fontsize=8, title=title, title_fontsize=8)
-    title = ("gradient norm by layer" + (f", step {chosen[0]}" if group else "") +
-             (f" - {runs[0].name}" if not group else "") + _unfinished(runs) + _masked_note(zeros, bad))
-    fig.suptitle(title)
-    return _save(fig, out)
-
-
-def heatmap(runs, out) -> Path:
-    """log10 output_grad over layer x step, one panel per run (up to 12)."""
-    runs = runs[:12]
-    n = len(runs)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.8 * rows), squeeze=False)
-    names = labels(runs) if n > 1 else [runs[0].name]
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    for ax, run, name in zip(axes.flat, runs, names):
-        g = run.grads[run.grads.kind == "output_grad"]
-        if g.empty:
-            ax.set_title(f"{name}\n(no output_grad recorded)")
-            continue
-        table = g.pivot_table(index="layer", columns="step", values="value", aggfunc="first")
-        v = table.to_numpy(dtype=float)
-        ok = np.isfinite(v) & (v > 0)
-        logv = np.ma.masked_array(np.log10(np.where(ok, v, 1.0)), ~ok)
-        steps, layers = table.columns.to_numpy(), table.index.to_numpy()
-        cmap = plt.cm.viridis.with_extremes(bad="lightgrey")
-        mesh = ax.pcolormesh(np.arange(len(steps) + 1) - 0.5, np.arange(len(layers) + 1) + 0.5, logv,
-                             cmap=cmap, shading="flat")
-        ticks = _pick_steps(range(len(steps)), n=6)
-        ax.set_xticks(ticks, [str(steps[t]) for t in ticks])
-        ax.set_xlabel("step")
-        ax.set_ylabel("layer")
-        ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        fig.colorbar(mesh, ax=ax, label="log10 output_grad")
-        masked = int((~ok).sum())
-        ax.set_title(name + ("" if run.finished else " (unfinished)") +
-                     (f"\n(grey: {masked} zero or NaN/inf values)" if masked else ""), fontsize=9)
-    fig.suptitle("log10 ||dLoss/dz_l|| by layer and step")
-    fig.tight_layout()
-    return _save(fig, out)
-
-
-def time(runs, out, steps=None) -> Path:
-    """||dLoss/dh_t|| against t: one line per step and recurrent layer (per run for a group)."""
-    runs_t = [r for r in runs if r.time is not None and len(r.time)]
-    if not runs_t:
-        raise UserError("no time_grads.csv in " + ", ".join(str(r.folder) for r in runs) +
-                        " (it is written for recurrent nets: model.arch=rnn|lstm|gru)")
-    group = len(runs_t) > 1
-    names = labels(runs_t)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    zeros = bad = 0
-    for i, run in enumerate(runs_t):
-        chosen = _pick_steps(run.time.step.unique(), steps, n=1 if group else 4)
-        layers = sorted(run.time.layer.unique())
-        colours = plt.cm.viridis(np.linspace(0, 0.9, len(chosen)))
-        for j, step in enumerate(chosen):
-            for k, layer in enumerate(layers):
-                d = run.time[(run.time.step == step) & (run.time.layer == layer)].sort_values("t")
-                x, y, z, b = _positive(d.t, d.value)
-                zeros, bad = zeros + z, bad + b
-                label = (names[i] if group else f"step {step}") + (f", layer {layer}" if len(layers) > 1 else "")
-                ax.plot(x, y, ["-", "--", ":", "-."][k % 4], color=plt.cm.tab10.colors[i % 10] if group
-                        else colours[j], label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("time step t")
-    ax.set_ylabel("||dLoss/dh_t||")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("gradient back through time" + (f" - {runs_t[0].name}" if not group else "") +
-                 _masked_note(zeros, bad))
-    return _save(fig, out)
-
-
-def training(runs, out) -> Path:
-    """Loss, accuracy and total gradient norm (pre- and post-clip) against step."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    names = labels(runs) if len(runs) > 1 else ["train"]
-    bad = 0
-    for i, run in enumerate(runs):
-        c = plt.cm.tab10.colors[i % 10]
-        m = run.metrics.reindex(columns=list(dict.fromkeys(list(run.metrics.columns) + METRICS)))  # old runs: empty
-        tr, te = m.dropna(subset=["loss"]), m.dropna(subset=["test_loss"])
-        name = names[i] + ("" if run.finished or len(runs) == 1 else " (unfinished)")
-        x, y, _, b = _positive(tr.step, tr.loss)
-        bad += b
-        axes[0].plot(x, y, color=c, label=name)
-        axes[0].plot(te.step, te.test_loss, "o--", ms=3, color=c, label="test" if len(runs) == 1 else None)
-        if tr.acc.notna().any():
-            axes[1].plot(tr.step, tr.acc, color=c, label=name)
-            axes[1].plot(te.step, te.test_acc, "o--", ms=3, color=c, label="test" if len(runs) == 1 else None)
-        x, y, _, b = _positive(tr.step, tr.grad_norm)
-        bad += b
-        axes[2].plot(x, y, color=c, label="before clipping" if len(runs) == 1 else name)
-        if not np.allclose(tr.grad_norm, tr.grad_norm_clipped, equal_nan=True):
-            x, y, _, _ = _positive(tr.step, tr.grad_norm_clipped)
-            axes[2].plot(x, y, ":", color=c, label="after clipping" if len(runs) == 1 else None)
-    axes[0].set_ylabel("loss")
-    axes[1].set_ylabel("accuracy")
-    axes[2].set_ylabel("total gradient norm")
-    for ax in (axes[0], axes[2]):
-        _log_if_wide(ax)
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.grid(True, alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    if not any(len(r.metrics) for r in runs):
-        axes[1].text(0.5, 0.5, "no metrics recorded yet", ha="center", transform=axes[1].transAxes)
-    elif not axes[1].lines:
-        axes[1].text(0.5, 0.5, "regression: no accuracy", ha="center", transform=axes[1].transAxes)
-    fig.suptitle("training" + (f" - {runs[0].name}" if len(runs) == 1 else "") + _unfinished(runs).replace("\n", " ") +
-                 (f"  (not drawn: {bad} NaN/inf values - diverged)" if bad else ""))
-    fig.tight_layout()
-    return _save(fig, out)
-
-
-def summary_table(runs) -> pd.DataFrame:
-    """One row per run: flattened config + summary columns (diagnosed where missing: older or unfinished runs)."""
-    rows = []
-    for r in runs:
-        row = {**_flat(r), **(r.summary or {"status": r.status})}
-        if "verdict" not in row or "decay_per_layer" not in row:
-            row.update(analysis.summary_columns(r.folder, r))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _column(table: pd.DataFrame, key: str | None) -> str | None:
-    """A column by its full or short name: 'depth' -> 'model.depth'."""
-    if key is None or key in table:
-        return key
-    match = [c for c in table.columns if short(c) == key]
-    return match[0] if len(match) == 1 else key
-
-
-def summary(runs, out, x: str | None = None, y: str = "decay_per_layer", by: str | None = None) -> Path:
-    """y against x, one line per value of ``by``, mean and min-max spread over the rest (seeds)."""
-    table = summary_table(runs)
-    keys = differing(runs)
-    x = x or next((k for k in keys if k != "seed" and pd.api.types.is_numeric_dtype(table[k])), None) or \
-        next((k for k in keys if k != "seed"), None)
-    if x is None:
-        raise UserError("the runs differ in no config key but the seed; name one with --x")
-    if by is None:
-        by = next((k for k in keys if k not in ("seed", x)), None)
-    x, y, by = (_column(table, k) for k in (x, y, by))
-    for key in (x, y) + ((by,) if by else ()):
-        if key not in table:
-            raise UserError(f"no column '{key}'{did_you_mean(key, table.columns)} (e.g. {', '.join(keys[:5])})")
-    table[y] = pd.to_numeric(table[y], errors="coerce")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups = table.groupby(by, dropna=False) if by else [(None, table)]
-    theory_drawn = False
-    for i, (value, t) in enumerate(groups):
-        stats = t.groupby(x)[y].agg(["mean", "min", "max", "count"]).sort_index()
-        xs = stats.index if pd.api.types.is_numeric_dtype(stats.index) else [str(v) for v in stats.index]
-        c = plt.cm.tab10.colors[i % 10]
-        ax.plot(xs, stats["mean"], "o-", color=c, label=f"{short(by)}={value}" if by else None)
-        if (stats["count"] > 1).any():
-            ax.fill_between(xs, stats["min"], stats["max"], color=c, alpha=0.2)
-        pred = f"predicted_{y}"
-        if pred in t and pd.to_numeric(t[pred], errors="coerce").notna().any():
-            p = pd.to_numeric(t[pred], errors="coerce").groupby(t[x]).mean().sort_index()
-            ax.plot(xs, p.to_numpy(), "--", color=c, lw=1.2)
-            theory_drawn = True
-    v = table[y].to_numpy(dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) and (v > 0).all() and v.max() / v.min() > 30:
-        ax.set_yscale("log")
-    if y.startswith("decay"):
-        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel(short(x))
-    ax.set_ylabel(y)
-    ax.grid(True, alpha=0.3)
-    if by:
-        ax.legend(fontsize=8, title="dashed: mean-field theory" if theory_drawn else None, title_fontsize=8)
-    n = table.groupby([x] + ([by] if by else [])).size().max()
-    ax.set_title(f"{y} against {short(x)}" + (f": mean and min-max over {n} runs each" if n > 1 else ""))
-    return _save(fig, out)
-
-
-def plot(paths, kind: str = "all", out: str | Path | None = None, steps=None, x=None, y="decay_per_layer",
-         by=None, fmt: str = "png", warn=analysis.warn) -> list[Path]:
-    """Draw one kind (to ``out``, a file) or all that apply (into ``out``, a folder). Returns the files.
-
-    Among several runs, one that cannot be read is left out with a ``warn`` line; unfinished runs
-    are drawn from the steps they recorded, with a note on standard error."""
-    if kind not in KINDS + ("all",):
-        raise UserError(f"unknown plot kind '{kind}'{did_you_mean(kind, KINDS + ('all',))} "
-                        f"(valid: {', '.join(KINDS)}, all)")
-    if out is not None:
-        _check_out(Path(out), one_file=kind != "all")
-    runs = _ordered(find_runs(paths, warn))
-    note = analysis.unfinished_note(runs)
-    if note:
-        analysis.note(note)
-    group = len(runs) > 1
-    first = Path(paths[0])
-    base = Path(out) if out is not None else first / "plots"
-    draw = {"profile": lambda o: profile(runs, o, steps), "heatmap": lambda o: heatmap(runs, o),
-            "time": lambda o: time(runs, o, steps), "training": lambda o: training(runs, o),
-            "summary": lambda o: summary(runs, o, x, y, by)}
-    if kind != "all":
-        if kind == "summary" and not group:
-            raise UserError("summary plots compare runs: give a sweep folder or several run folders")
-        return [draw[kind](base if out is not None else base / f"{kind}.{fmt}")]
-    kinds = ["profile", "heatmap", "training"]
-    if any(r.time is not None and len(r.time) for r in runs):
-        kinds.append("time")
-    if group and any(k != "seed" for k in differing(runs)):
-        kinds.append("summary")
-    return [draw[k](base / f"{k}.{fmt}") for k in kinds]
