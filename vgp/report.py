@@ -94,7 +94,7 @@ def html(paths, by: list[str] | None = None, where=(), warn=analysis.warn) -> st
     figures = _figures(paths, s, list(where), keep)
     diagnoses = _diagnoses(s)
     return env.get_template("report.html.j2").render(
-        title=_title(paths, s), paths=[str(p) for p in paths], when=datetime.now().astimezone().strftime(
+        title=_title(paths), paths=[str(p) for p in paths], when=datetime.now().astimezone().strftime(
             "%Y-%m-%d %H:%M %Z"), version=__version__, statuses=_statuses(s), where=list(where),
         axes=_axes(s), declared=s.declared, seeds=_seeds(s), constant=_constant(s), warnings=warnings,
         comparison=_comparison(table), caption=_caption(table),
@@ -103,7 +103,7 @@ def html(paths, by: list[str] | None = None, where=(), warn=analysis.warn) -> st
 
 # -- what was read -------------------------------------------------------------------------------
 
-def _title(paths: list[Path], s: study.Study) -> str:
+def _title(paths: list[Path]) -> str:
     names = ", ".join(p.name if p.name != "summary.csv" else p.parent.name for p in paths[:3])
     return names + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
@@ -140,7 +140,8 @@ def _axes(s: study.Study) -> list[dict]:
 def _seeds(s: study.Study) -> list[str]:
     if "seed" not in s.table:
         return []
-    return [_value(v) for v in sorted(s.table["seed"].dropna().unique(), key=lambda v: study._natural(str(v)))]
+    seeds = pd.Series(s.table["seed"].dropna().unique())
+    return [_value(v) for v in seeds.sort_values(key=study.sort_key)]
 
 
 def _constant(s: study.Study) -> list[tuple[str, str]]:
