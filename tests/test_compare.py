@@ -225,3 +225,23 @@ def test_keys_an_architecture_does_not_use_are_not_axes(tmp_path):
     table = compare.compare([tmp_path / "sw"])
     assert list(table["model.arch"]) == ["gru", "lstm"] and list(table["n"]) == [4, 4]
     assert table.attrs["mixed"] == {}
+
+
+def declared_sweep(folder, rows, grid=(), zipped=()):
+    """A sweep folder as vgp writes it: sweep.yaml declaring the axes, summary.csv, a folder per run."""
+    summary(folder, rows)
+    (folder / "sweep.yaml").write_text(yaml.safe_dump({"name": folder.name, "grid": {k: [] for k in grid},
+                                                       "zip": {k: [] for k in zipped}, "runs": []}))
+    for r in rows:
+        (folder / "runs" / r["name"]).mkdir(parents=True)
+    return folder
+
+
+def test_two_sweeps_that_declare_a_key_differently_are_compared_side_by_side(tmp_path):
+    rows = sweep_rows(np.arange(12) / 12)
+    a = declared_sweep(tmp_path / "a", rows, grid=["model.depth"], zipped=["model.activation"])
+    b = declared_sweep(tmp_path / "b", rows, grid=["model.activation", "model.depth"])
+    table = compare.compare([a, b])
+    assert table.attrs["by"] == ["source", "model.depth", "model.activation.name"]  # each column once
+    assert len(table) == 8 and set(table["n"]) == {3}
+    assert compare.title(compare.compare([a], where=["depth=5", "activation=relu"])).startswith("3 runs in 1 row;")

@@ -117,7 +117,9 @@ def _key(row, c: str) -> str:
 def title(table: pd.DataFrame) -> str:
     a = table.attrs
     by = list(study.labels(a.get("by", [])).values())
-    text = f"{a.get('runs', int(table['n'].sum()))} runs in {len(table)} rows" + (f" by {', '.join(by)}" if by else "")
+    runs = a.get("runs", int(table["n"].sum()))
+    text = f"{runs} run{'s' * (runs != 1)} in {len(table)} row{'s' * (len(table) != 1)}" + \
+        (f" by {', '.join(by)}" if by else "")
     mixed = a.get("mixed") or {}
     text += ("; each row mixes " + ", ".join(study.short(c) for c in mixed) + " and seeds" if mixed
              else "; each row: its seeds")

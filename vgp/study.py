@@ -309,14 +309,13 @@ def _declared_axes(table: pd.DataFrame, specs: list[dict]) -> list[list[str]]:
         return [c for c in table.columns if c.startswith(key + ".") and _differs(table[c])]
 
     for spec in specs:
-        for key in spec.get("grid") or {}:
-            cols = columns(str(key))
-            if cols and cols not in axes:
+        for cols in [columns(str(k)) for k in spec.get("grid") or {}] + \
+                [[c for k in (spec.get("zip") or {}) for c in columns(str(k))]]:
+            taken = {c for a in axes for c in a}  # two sweeps may declare a column twice (zipped, crossed)
+            cols = [c for c in dict.fromkeys(cols) if c not in taken and c != "seed"]
+            if cols:
                 axes.append(cols)
-        zipped = [c for key in (spec.get("zip") or {}) for c in columns(str(key))]
-        if zipped and zipped not in axes:
-            axes.append(list(dict.fromkeys(zipped)))
-    return [a for a in axes if a != ["seed"]]
+    return axes
 
 
 def _together(table: pd.DataFrame, columns: list[str]) -> list[list[str]]:
@@ -410,7 +409,7 @@ def by_columns(study: Study, by=None) -> list[str]:
     """The columns to group by: ``by`` (keys, resolved) or the study's axes."""
     if by:
         return list(dict.fromkeys(resolve(study.table, k) for k in by))
-    return [c for c in study.axis_columns if c in study.table]
+    return list(dict.fromkeys(c for c in study.axis_columns if c in study.table))
 
 
 def mixed(study: Study, by: list[str]) -> dict[str, list[str]]:
