@@ -9,4 +9,4 @@ for a in "sigmoid default" "tanh xavier_normal" "relu kaiming_normal"; do set --
 done
 vgp plot results/act --kind profile -o docs/gradient_profile.png
 vgp sweep configs/sweeps/decay_vs_depth.yaml -q
-vgp plot results/decay-vs-depth --kind summary --x depth --y decay_per_layer --by activation -o docs/decay_vs_depth.png
+vgp plot results/decay-vs-depth --kind summary --x depth --y decay_per_layer --hue activation -o docs/decay_vs_depth.png

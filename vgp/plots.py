@@ -30,7 +30,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: smaller, searchable
-matplotlib.rcParams["svg.hashsalt"] = "vgp"  # the same figure gives the same SVG
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402

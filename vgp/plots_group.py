@@ -255,7 +255,7 @@ def unfinished_note(d: Data, runs) -> str:
 
 
 def integer_ticks(axis) -> None:
-    axis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
+    axis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, steps=[1, 2, 5, 10], min_n_ticks=1))
 
 
 def _hue_counts(p: facets.Plan, frame: pd.DataFrame) -> tuple[dict, list[int]]:
