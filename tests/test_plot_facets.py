@@ -256,6 +256,24 @@ def test_sigma_w2_on_x_one_line_per_depth(mlp):
     plt.close(fig)
 
 
+def test_several_steps_of_several_runs_get_one_line_style_each(mlp):
+    fig = plots.figures([mlp], "profile", steps=[0, 3], hue="activation", col="depth")["profile"]
+    ax = panels(fig)["depth=2"]
+    styles = {ln.get_linestyle() for ln in ax.lines if ln.get_marker() == "o"}
+    assert styles == {"-", ":"}
+    assert {"step 0", "step 3"} <= set(legend_colours(fig))
+    plt.close(fig)
+    with pytest.raises(UserError, match="step 7 not recorded by 12 of 12 runs"):
+        plots.figures([mlp], "profile", steps=[7])
+
+
+def test_a_loaded_study_is_drawn_without_reading_the_paths_again(mlp, tmp_path):
+    s = plots.load([mlp])
+    files = plots.plot([], "summary", tmp_path / "s.svg", study=s, by="depth", x="activation")
+    text = files[0].read_text()
+    assert "depth" in text and "activation" in text
+
+
 def test_where_and_the_title_say_what_was_fixed(mlp, tmp_path):
     fig = plots.figures([mlp], "profile", where=["depth=4"])["profile"]
     title = fig.texts[0].get_text()

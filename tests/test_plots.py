@@ -118,5 +118,11 @@ def test_cli_plot(sweep, tmp_path, cli):
     r = cli("plot", sweep / "runs" / "tanh-d3-s0", "--kind", "profile", "-o", tmp_path / "p.png", "--steps", "0,4")
     assert r.returncode == 0, r.stderr
     _ok(tmp_path / "p.png")
+    r = cli("plot", sweep, "--kind", "summary", "--hue", "activation", "--where", "depth=6", "--x", "seed",
+            "-o", tmp_path / "s.svg")
+    assert r.returncode == 0, r.stderr
+    assert "where depth=6" in (tmp_path / "s.svg").read_text()
+    r = cli("plot", sweep, "--kind", "summary", "--y", "nosuch", "-o", tmp_path / "t.svg")
+    assert r.returncode == 2 and "unknown --y 'nosuch'" in r.stderr and "Traceback" not in r.stderr
     r = cli("plot", sweep, "--kind", "profle")
     assert r.returncode == 2 and "did you mean 'profile'" in r.stderr and "Traceback" not in r.stderr

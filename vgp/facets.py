@@ -291,7 +291,13 @@ def fixed_text(s: studies.Study, where=()) -> str:
     """'where depth=20; arch=mlp, width=128, data=teacher': the conditions, then the constant keys
     that say what the runs were (norm and skip only when they are on)."""
     const = s.constant()  # a key blank for some runs (an LSTM's activation) is not constant over them
-    keys = [k for k in TITLE_KEYS if k in const and s.table[k].notna().all()
+    named = set()
+    for item in where:
+        try:
+            named.add(studies.resolve(s.table, item.partition("=")[0].strip()))
+        except UserError:
+            pass
+    keys = [k for k in TITLE_KEYS if k in const and k not in named and s.table[k].notna().all()
             and not (k == "model.norm" and const[k] == "none")
             and not (k == "model.skip" and not const[k])]
     names = studies.labels(keys)

@@ -142,9 +142,7 @@ def summary(d: Data, p: facets.Plan, ycol: str, ylabel: str) -> plt.Figure:
     lines: dict = {}
     for g, c, lo, hi, n in zip(agg["g"], agg["centre"], agg["lo"], agg["hi"], agg["n"]):
         lines.setdefault(g[1:], []).append((pos[g[0]], c, lo, hi, n, g))
-    hue_n: dict = {}
-    for g, n in zip(agg["g"], agg["n"]):
-        hue_n[g[1]] = hue_n.get(g[1], 0) + int(n)
+    hue_n = frame["g"].map(lambda g: g[1]).value_counts().to_dict()  # runs behind each colour, drawn or not
     top = sum(missed.values())
     extra = []
     if theory:
@@ -180,7 +178,8 @@ def summary(d: Data, p: facets.Plan, ycol: str, ylabel: str) -> plt.Figure:
     for g, k in missed.items():
         ax = panel[(g[2], g[3])]
         trans = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
-        ax.plot([pos[g[0]]], [0.97], marker="^", ms=7, mfc="none", mec=colours[g[1]], mew=1.5, ls="",
+        stack = p.hue.values.index(g[1]) if p.hue else 0  # one above the other where colours share an x
+        ax.plot([pos[g[0]]], [0.97 - 0.045 * stack], marker="^", ms=7, mfc="none", mec=colours[g[1]], mew=1.5, ls="",
                 transform=trans, clip_on=False)
     ys = agg["centre"].to_numpy(dtype=float)
     ys = ys[np.isfinite(ys)]
