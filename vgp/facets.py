@@ -132,7 +132,7 @@ class Plan:
         frame = self.table if frame is None else frame
         if f is None:
             return pd.Series([()] * len(frame), index=frame.index, dtype=object)
-        cols = [frame[c].map(_plain) for c in f.columns]
+        cols = [[_plain(v) for v in frame[c].tolist()] for c in f.columns]  # NaN -> None, as in Facet.values
         return pd.Series(list(zip(*cols)), index=frame.index, dtype=object)
 
     def panels(self) -> list[tuple[tuple, tuple]]:
@@ -229,8 +229,10 @@ def plan(s: studies.Study, kind: str, x=None, hue=None, col=None, row=None, laye
 
 
 def _one_to_one(table: pd.DataFrame, a: list[str], b: list[str]) -> bool:
-    pairs = pd.DataFrame({"a": table[a].astype(str).agg("|".join, axis=1),
-                          "b": table[b].astype(str).agg("|".join, axis=1)}).drop_duplicates()
+    def text(cols):  # one string per row (map(str): NaN is 'nan', which astype(str) keeps as NaN in pandas 3)
+        return pd.Series(["|".join(t) for t in zip(*(table[c].map(str) for c in cols))], index=table.index)
+
+    pairs = pd.DataFrame({"a": text(a), "b": text(b)}).drop_duplicates()
     return bool(pairs["a"].is_unique and pairs["b"].is_unique)
 
 

@@ -410,8 +410,9 @@ def training(run: analysis.Run) -> plt.Figure:
         axes[1].plot(te.step, te.test_acc, "o--", ms=3, color="C1", label="test")
     x, y, _, b = _positive(tr.step, tr.grad_norm)
     bad += b
-    axes[2].plot(x, y, color="C0", label="before clipping")
-    if not np.allclose(tr.grad_norm, tr.grad_norm_clipped, equal_nan=True):
+    clipped = not np.allclose(tr.grad_norm, tr.grad_norm_clipped, equal_nan=True)
+    axes[2].plot(x, y, color="C0", label="gradient norm before clipping" if clipped else None)
+    if clipped:
         x, y, _, _ = _positive(tr.step, tr.grad_norm_clipped)
         axes[2].plot(x, y, ":", color="C2", label="after clipping")
     for ax, label in zip(axes, ("loss", "accuracy", "total gradient norm")):
