@@ -378,3 +378,15 @@ def test_a_damaged_run_in_a_sweep_is_left_out_with_a_warning_and_counted(mlp, tm
     assert sum(int(k.split("n=")[1].rstrip(")")) for k in legend_colours(fig) if "(n=" in k) == 11
     assert "2-3 runs" in fig.texts[0].get_text()
     plt.close(fig)
+
+
+def test_recurrent_and_plain_nets_together_each_drawn_on_their_own_axis(mlp, recurrent):
+    figs = plots.figures([mlp, recurrent], "all", warn=lambda m: None)
+    assert sorted(figs) == ["heatmap", "profile", "summary", "time", "training"]
+    prof = figs["profile"]
+    assert sum(int(k.split("n=")[1].rstrip(")")) for k in legend_colours(prof) if "(n=" in k) == 12
+    assert "4 recurrent runs: see time.png" in prof.texts[0].get_text()
+    time_panels = [ax for ax in figs["time"].axes if ax.get_title()]
+    assert sum(int(ax.get_title().split("n=")[1].rstrip(")")) for ax in time_panels) == 4
+    for fig in figs.values():
+        plt.close(fig)
