@@ -116,10 +116,7 @@ def figures(paths=(), kind: str = "all", steps=None, x=None, y="decay_per_layer"
 
 
 def load(paths, warn=analysis.warn) -> studies.Study:
-    """:func:`vgp.study.load`; run folders named one by one are one study (no ``source`` axis with a
-    value per run). Until vgp/study.py does it itself: bool config columns are read as objects
-    (pandas 3 refuses the None that ``study._blank_unused`` puts into the unused ``model.skip`` of a
-    recurrent net), and an empty run summary.csv is said to have no row (as ``read_run`` says)."""
+    """:func:`vgp.study.load`, a file among ``paths`` named as what plot takes when it is not a summary CSV."""
     for p in map(Path, paths):
         if p.is_file():
             try:
@@ -127,31 +124,7 @@ def load(paths, warn=analysis.warn) -> studies.Study:
             except UserError as e:
                 raise UserError(f"{p}: a file, not a run folder, a sweep folder or a summary CSV "
                                 f"({str(e).removeprefix(str(p) + ': ')})") from None
-    original = studies._blank_unused
-
-    def blank(table):
-        for c in table.columns:
-            if table[c].dtype == bool:
-                table[c] = table[c].astype(object)
-        return original(table)
-
-    def said(message: str) -> None:  # an empty run summary.csv is named as read_run names it
-        path = message.split(": no config column", 1)[0]
-        if path != message and path.endswith("summary.csv") and Path(path).is_file() and \
-                len(Path(path).read_text(errors="replace").strip().splitlines()) <= 1:
-            message = f"{path}: no row (a finished run's summary has one); left out"
-        warn(message)
-
-    studies._blank_unused = blank
-    try:
-        s = studies.load(paths, said)
-    finally:
-        studies._blank_unused = original
-    t = s.table
-    if "source" in t and t["source"].is_unique and len(t) > 1:
-        t = t.drop(columns="source")
-        s = studies.Study(t, studies._together(t, studies.varying(t)), s.paths, s.declared)
-    return s
+    return studies.load(paths, warn)
 
 
 def _kinds(s: studies.Study, files) -> list[str]:

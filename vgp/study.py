@@ -115,6 +115,8 @@ def _summary(path: Path, in_folder: bool = True) -> pd.DataFrame:
     schema = analysis.SCHEMAS["summary.csv"]
     df = analysis.read_csv(path, columns=schema["columns"] if in_folder else (), numbers=schema["numbers"],
                            whole_lines=in_folder)
+    if in_folder and df.empty:
+        raise UserError(f"{path}: no row (a finished run's summary has one)")
     if len(df.columns) and not any(c.split(".")[0] in CONFIG_SECTIONS or c == "seed" for c in df.columns):
         raise UserError(f"{path}: no config column (model.*, train.*, seed, ...): not a summary of runs")
     return df
@@ -256,6 +258,7 @@ def _blank_unused(table: pd.DataFrame) -> pd.DataFrame:
             archs = arch.unique()
             unused = [a for a in archs if not applies(c, a)]
             if unused:
+                table[c] = table[c].astype(object)  # a bool or number column cannot hold None in pandas 3
                 table.loc[arch.isin(unused), c] = None
     return table
 
@@ -264,7 +267,7 @@ def load(paths, warn=analysis.warn) -> Study:
     """The runs of ``paths`` (sweep folders, run folders, folders of runs, summary CSVs) and their axes.
 
     With several paths, a ``source`` column (the folder's name) tells them apart and is the first
-    axis. Among several paths, one that exists but cannot be read is left out with a ``warn`` line;
+    axis, unless each holds one run (runs named one by one are compared by their configs). Among several paths, one that exists but cannot be read is left out with a ``warn`` line;
     a summary that cannot be read is left out with a warning. Raises UserError when no run is left."""
     paths = [Path(p) for p in paths]
     labels = [p.name if p.name != "summary.csv" else p.parent.name for p in paths]
@@ -279,10 +282,12 @@ def load(paths, warn=analysis.warn) -> Study:
                 raise
             warn(f"{e}; left out")
             continue
-        if len(paths) > 1:
-            df.insert(0, "source", label)
-        frames.append(df)
+        frames.append((label, df))
         specs.append(spec)
+    if len(frames) > 1 and any(len(df) != 1 for _, df in frames):
+        for label, df in frames:
+            df.insert(0, "source", label)
+    frames = [df for _, df in frames]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if table.empty:
         raise UserError(f"no runs in {', '.join(map(str, paths))}")
