@@ -219,7 +219,8 @@ def test_keys_an_architecture_does_not_use_are_not_axes(tmp_path):
     for arch, act, fb in (("lstm", "tanh", 1.0), ("lstm", "relu", 1.0), ("gru", "relu", 3.0), ("gru", "tanh", 1.0)):
         for seed in (0, 1):
             rows.append({"name": f"{arch}{act}{seed}", "seed": seed, "model.arch": arch, "model.activation.name": act,
-                         "model.forget_bias": fb, "model.depth": 1, "status": "completed", "final_loss": 1.0})
+                         "model.forget_bias": fb, "model.depth": 1, "model.skip": False, "model.norm": "none",
+                         "status": "completed", "final_loss": 1.0})
     s = study.load([summary(tmp_path / "sw", rows)])
     assert s.axes == [["model.arch"]]  # lstm/gru gates ignore model.activation; only lstm has a forget bias
     table = compare.compare([tmp_path / "sw"])
