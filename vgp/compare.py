@@ -31,12 +31,13 @@ def split(text: str | None) -> list[str] | None:
 
 
 def compare(paths: list[Path], by: list[str] | None = None, metrics: list[str] | None = None,
-            where: list[str] = (), warn=analysis.warn) -> pd.DataFrame:
+            where: list[str] = (), warn=analysis.warn, loaded: study.Study | None = None) -> pd.DataFrame:
     """One row per group (:func:`vgp.study.aggregate`), with ``attrs``: ``by`` (the grouped columns),
     ``metrics``, ``mixed`` ({column: values} differing inside some row), ``runs`` and ``seeds`` (the
     most runs of one row). Mixed keys are named in a ``warn`` line; summaries that cannot be read
-    are left out, each with a ``warn`` line. UserError for an unknown key or no run."""
-    s = study.where(study.load(paths, warn), list(where))
+    are left out, each with a ``warn`` line. ``loaded``: the runs of ``paths`` already read
+    (:func:`vgp.study.load`). UserError for an unknown key or no run."""
+    s = study.where(loaded if loaded is not None else study.load(paths, warn), list(where))
     by_cols = study.by_columns(s, by)
     if "source" in s.table and "source" not in by_cols:  # several sweeps: side by side
         by_cols.insert(0, "source")

@@ -87,11 +87,12 @@ def html(paths, by: list[str] | None = None, where=(), warn=analysis.warn) -> st
         warnings.append(message)
         warn(message)
 
-    table = compare.compare(paths, by=by, where=list(where), warn=keep)
-    s = study.where(study.load(paths, warn=lambda _: None), list(where))  # warned once, by compare
+    loaded = study.load(paths, warn=keep)  # read once: for the table, the diagnoses and the figures
+    table = compare.compare(paths, by=by, where=list(where), warn=keep, loaded=loaded)
+    s = study.where(loaded, list(where))
     env = jinja2.Environment(loader=jinja2.PackageLoader("vgp", "templates"), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    figures = _figures(paths, s, list(where), keep)
+    figures = _figures(paths, loaded, list(where), keep)
     diagnoses = _diagnoses(s)
     return env.get_template("report.html.j2").render(
         title=_title(paths), paths=[str(p) for p in paths], when=datetime.now().astimezone().strftime(
@@ -262,24 +263,22 @@ def _diagnoses(s: study.Study) -> list[dict]:
 # -- figures -------------------------------------------------------------------------------------
 
 def _figures(paths: list[Path], s: study.Study, where: list[str], warn) -> list[dict]:
-    """Every figure ``plots.plot`` draws (kind 'all'), as inline SVG: [{'name', 'svg' | 'error'}].
-    With ``--where``, only the runs kept are drawn. A kind that fails is shown as its message."""
+    """Every figure ``plots.plot`` draws (kind 'all') for the runs ``s`` (as loaded, before ``where``),
+    as inline SVG: [{'name', 'svg' | 'error'}]. A kind that fails is shown as its message."""
     from vgp import plots
 
-    targets = paths
-    if where and "folder" in s.table:
-        targets = [Path(f) for f in s.table["folder"].dropna()]
-    if not targets:
+    if "folder" not in s.table or s.table["folder"].isna().all():
         return [{"name": "figures", "svg": None, "error": "no run folder to draw (summary CSVs only)"}]
     with tempfile.TemporaryDirectory(prefix="vgp-report-") as tmp:
         try:
-            files = plots.plot(targets, "all", out=Path(tmp), fmt="svg", warn=warn)
+            files = plots.plot(paths, "all", out=Path(tmp), fmt="svg", warn=warn, study=s, where=where)
             failed = []
         except UserError as e:  # one kind failed: draw each alone, to show the others
             files, failed = [], [{"name": "figures", "svg": None, "error": str(e)}]
             for kind in plots.KINDS:
                 try:
-                    files += plots.plot(targets, kind, out=Path(tmp) / f"{kind}.svg", fmt="svg", warn=lambda _: None)
+                    files += plots.plot(paths, kind, out=Path(tmp) / f"{kind}.svg", fmt="svg", warn=lambda _: None,
+                                        study=s, where=where)
                 except UserError as e:
                     failed.append({"name": kind, "svg": None, "error": str(e)})
         figures = [{"name": Path(f).stem, "svg": inline_svg(Path(f).read_text(encoding="utf-8"), f"f{i}-"),
