@@ -106,15 +106,6 @@ def cell(row, m: str) -> str:
     return mean_std(row[f"{m}_mean"], row[f"{m}_std"])
 
 
-def _key(row, c: str) -> str:
-    v = row[c]
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
-
-
 def title(table: pd.DataFrame) -> str:
     a = table.attrs
     by = list(study.labels(a.get("by", [])).values())
@@ -145,7 +136,7 @@ def _header(table: pd.DataFrame, all_counts: bool = True) -> list[str]:
 def _rows(table: pd.DataFrame, all_counts: bool = True) -> list[list[str]]:
     by, metrics = table.attrs.get("by", []), table.attrs.get("metrics", [])
     counts = _counts(table, all_counts)
-    return [[_key(row, c) for c in by] + [str(int(row[c])) for c in counts]
+    return [[study.value_text(row[c]) for c in by] + [str(int(row[c])) for c in counts]
             + [cell(row, m) for m in metrics] for _, row in table.iterrows()]
 
 

@@ -41,13 +41,7 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#17becf", "#000000", "#aec7e8"]
 
 
-def value_text(v) -> str:
-    """A config value as people write it: 20 not 20.0, 0.001 not 1e-03, '-' for an unused key."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, (float, np.floating)):
-        return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{float(v):.4g}"
-    return str(v)
+value_text = studies.value_text
 
 
 @dataclass

@@ -238,9 +238,9 @@ def log_y(ax) -> None:
 
 
 def step_ticks(ax, steps) -> None:
-    """Training steps under the columns of a heatmap (at most 6 of them, evenly spread)."""
+    """Training steps under the columns of a heatmap (every one up to 8, else 6 evenly spread)."""
     n = len(steps)
-    ticks = list(range(n)) if n <= 6 else sorted({int(i * (n - 1) / 5 + 0.5) for i in range(6)})
+    ticks = list(range(n)) if n <= 8 else sorted({int(i * (n - 1) / 5 + 0.5) for i in range(6)})
     ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
 
 

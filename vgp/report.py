@@ -116,14 +116,6 @@ def _statuses(s: study.Study) -> list[tuple[str, int]]:
     return [(c, int(counts[c])) for c in order]
 
 
-def _value(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-        return str(int(v))
-    return str(v)
-
-
 def _axes(s: study.Study) -> list[dict]:
     """Each axis: its columns' short names and the values it takes (zipped columns together)."""
     out = []
@@ -133,7 +125,7 @@ def _axes(s: study.Study) -> list[dict]:
             continue
         combos = s.table[cols].drop_duplicates()
         combos = combos.sort_values(cols, key=study.sort_key, kind="stable")
-        values = [" ".join(_value(v) for v in row) for row in combos.itertuples(index=False)]
+        values = [" ".join(study.value_text(v) for v in row) for row in combos.itertuples(index=False)]
         out.append({"label": ", ".join(study.labels(cols).values()), "full": ", ".join(cols), "values": values})
     return out
 
@@ -142,11 +134,11 @@ def _seeds(s: study.Study) -> list[str]:
     if "seed" not in s.table:
         return []
     seeds = pd.Series(s.table["seed"].dropna().unique())
-    return [_value(v) for v in seeds.sort_values(key=study.sort_key)]
+    return [study.value_text(v) for v in seeds.sort_values(key=study.sort_key)]
 
 
 def _constant(s: study.Study) -> list[tuple[str, str]]:
-    return [(k, _value(v)) for k, v in s.constant().items() if k not in study.NOT_AXES]
+    return [(k, study.value_text(v)) for k, v in s.constant().items() if k not in study.NOT_AXES]
 
 
 # -- the comparison and the diagnosis ------------------------------------------------------------
@@ -169,7 +161,7 @@ def _comparison(table: pd.DataFrame) -> dict:
 
     by, metrics = table.attrs["by"], table.attrs["metrics"]
     counts = _counts(table)
-    rows = [([_value(row[c]) for c in by], [str(int(row[c])) for c in counts] + [compare.cell(row, m) for m in metrics])
+    rows = [([study.value_text(row[c]) for c in by], [str(int(row[c])) for c in counts] + [compare.cell(row, m) for m in metrics])
             for _, row in table.iterrows()]
     return {"by": list(study.labels(by).values()), "head": counts + list(metrics), "rows": rows}
 
@@ -230,7 +222,7 @@ def _diagnosis(s: study.Study, table: pd.DataFrame, diagnoses: list[dict]) -> di
     for members, keys in zip(_members(s, table), table[table.attrs["by"]].itertuples(index=False, name=None)):
         idx = np.asarray(members, dtype=int)
         done = idx[finished[idx]]
-        rows.append(([_value(k) for k in keys], str(len(idx)),
+        rows.append(([study.value_text(k) for k in keys], str(len(idx)),
                      [_counted([vs[i] for i in idx], len(idx)) for vs in verdicts.values()],
                      [_rate(v[done]) for v in rates.values()]))
     return {"by": list(study.labels(table.attrs["by"]).values()), "rates": [RATES[m] for m in rates],

@@ -103,6 +103,16 @@ def labels(columns) -> dict[str, str]:
     return {c: n if n != c else short(c) for c, n in names(list(columns)).items()}
 
 
+def value_text(v) -> str:
+    """A config value as people write it: 20 not 20.0, 0.001 not 1e-03, 'n/a' for a key the run's
+    architecture does not use (or an older run lacks)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, (float, np.floating)):
+        return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{float(v):.4g}"
+    return str(v)
+
+
 def is_log_metric(column: str) -> bool:
     return column in LOG_METRICS or column.endswith(("_norm", "_ratio", "_grad"))
 
