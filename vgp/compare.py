@@ -22,6 +22,7 @@ import pandas as pd
 
 from vgp import analysis, study
 from vgp.errors import UserError
+from vgp.results import check_creatable
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -223,11 +224,7 @@ def check_csv_path(path: Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--csv {path}: a folder; give a file name, e.g. {path / 'compare.csv'}")
-    above = path.parent
-    while not above.exists():
-        above = above.parent
-    if not above.is_dir():
-        raise UserError(f"--csv {path}: cannot be created, {above} is a file")
+    check_creatable(path, "--csv")
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:

@@ -39,6 +39,7 @@ from vgp import analysis, facets, rundata, study as studies  # noqa: E402
 from vgp import plots_group as group  # noqa: E402
 from vgp import plots_summary  # noqa: E402
 from vgp.errors import UserError  # noqa: E402
+from vgp.results import check_creatable  # noqa: E402
 from vgp.registry import did_you_mean  # noqa: E402
 
 KINDS = ("profile", "heatmap", "time", "training", "summary")
@@ -416,11 +417,7 @@ def _check_out(out: Path, one_file: bool) -> None:
             raise UserError(f"{out}: write .png or .svg")
     elif out.exists() and not out.is_dir():
         raise UserError(f"-o {out}: a file; with --kind all, -o names a folder for the figures")
-    above = out.parent if one_file else out
-    while not above.exists():
-        above = above.parent
-    if not above.is_dir():
-        raise UserError(f"-o {out}: cannot be created, {above} is a file")
+    check_creatable(out, "-o", folder=not one_file)
 
 
 def _save(fig, out: Path) -> Path:

@@ -27,6 +27,7 @@ import pandas as pd
 
 from vgp import analysis, study
 from vgp.errors import UserError, clipped
+from vgp.results import check_creatable
 
 FULL_DIAGNOSES = 6  # up to this many runs, each run's whole diagnosis is in the page
 # decay rates shown beside the verdicts (geometric mean ×/÷ geometric std over a group's runs)
@@ -50,11 +51,7 @@ def output_path(paths: list[Path], out: Path | None) -> Path:
         raise UserError(f"-o {out}: a folder; give a file name, e.g. {out / 'report.html'}")
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"-o {out}: the report is HTML; give a name ending in .html")
-    above = out.parent
-    while not above.exists():
-        above = above.parent
-    if not above.is_dir():
-        raise UserError(f"-o {out}: cannot be created, {above} is a file")
+    check_creatable(out, "-o")
     return out
 
 

@@ -51,6 +51,16 @@ def _umask() -> int:
     return mask
 
 
+def check_creatable(path: Path, option: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output ``path`` (a file, or a ``folder``) that cannot be created
+    because what lies above it is a file: 'OPTION PATH: cannot be created, /dev/null is a file'."""
+    above = Path(path) if folder else Path(path).parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise UserError(f"{option} {path}: cannot be created, {above} is a file")
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write a whole file so that readers see the old one or the new one, never a torn one.
 
