@@ -71,24 +71,45 @@ def _mean_std(h: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
     return mean, std
 
 
+def _bias(layer) -> torch.Tensor | None:
+    """A layer's own trainable bias, if it has one (an Embedding has no ``bias`` attribute; some
+    modules keep a buffer, such as a causal mask, under that name)."""
+    b = getattr(layer, "bias", None)
+    return b if isinstance(b, torch.nn.Parameter) and b.requires_grad else None
+
+
 class GradientRecorder:
-    def __init__(self, tracked: list[Tracked], activation: Activation, params: list | None = None,
-                 kinds=KINDS, model=None):
-        """``params``: every trained parameter (default: the tracked layers' own), for the total
+    def __init__(self, tracked: list[Tracked], activation: Activation | list, params: list | None = None,
+                 kinds=KINDS, model=None, match_act: bool = False):
+        """``activation``: the :class:`Activation` of every layer's ``act``, or one per tracked layer
+        (None where the layer has no act, or one vgp cannot describe: no act kinds for it).
+        ``params``: every trained parameter (default: the tracked layers' own), for the total
         gradient norm, which is taken from the same per-tensor norms as weight_grad/bias_grad.
         ``kinds``: what to record; only what they need is hooked, copied and computed.
-        ``model``: a recurrent net (one with ``hidden_sink``) also gets dLoss/dh_t per time step."""
+        ``model``: a recurrent net (one with ``hidden_sink``) also gets dLoss/dh_t per time step.
+        ``match_act``: an act's call counts for layer i only when its input is the very tensor that
+        layer i's call returned (for models vgp did not build, where one activation module may be
+        shared by several layers, or applied to other tensors too: a ReLU after a residual add).
+
+        A layer called several times in one forward pass (weight sharing, recurrence): its
+        output_grad is the norm over all calls' output gradients together (the square root of the
+        sum of their squares), its activation statistics are those of its last call."""
         self.tracked = tracked
         self.kinds = set(kinds)
         self._want_z = "output_grad" in self.kinds
         self._want_act = bool(self.kinds & set(ACT_KINDS))
         self._want_update = "update_ratio" in self.kinds
         self.names = [t.name for t in tracked]
-        self.activation = activation
+        self.acts = list(activation) if isinstance(activation, (list, tuple)) else [activation] * len(tracked)
+        if len(self.acts) != len(tracked):
+            raise ValueError(f"{len(self.acts)} activations for {len(tracked)} tracked layers")
+        self.activation = activation if isinstance(activation, Activation) else None  # the one for all, if so
+        self.match_act = match_act
         self.weights = [t.layer.weight for t in tracked]
-        self.has_bias = [t.layer.bias is not None for t in tracked]
-        self.biases = [t.layer.bias for t in tracked if t.layer.bias is not None]
-        self.has_act = [t.act is not None for t in tracked]
+        self.has_bias = [_bias(t.layer) is not None for t in tracked]
+        self.biases = [_bias(t.layer) for t in tracked if _bias(t.layer) is not None]
+        self.has_act = [t.act is not None and a is not None for t, a in zip(tracked, self.acts)]
+        self._outs: list = []  # match_act: layer i's output of this forward pass, until its act sees it
         self._prev = [torch.empty_like(w) for w in self.weights] if self._want_update else []  # W before the step
         self._hooks: list = []
         self._out_grads: list = []
@@ -147,21 +168,31 @@ class GradientRecorder:
         self._out_grads = [None] * n
         self._act_in = [None] * n
         self._act_out = [None] * n
+        self._outs = [None] * n
         if self.model is not None:
             self._time, self._time_keys = {}, []
             self.model.hidden_sink = self._hidden
         for i, t in enumerate(self.tracked):
-            if self._want_z and t.output:
-                self._hooks.append(t.layer.register_forward_hook(self._layer_hook(i)))
-            if t.act is not None and self._want_act:
+            keep = self.match_act and self._want_act and self.has_act[i]
+            if (self._want_z and t.output) or keep:
+                self._hooks.append(t.layer.register_forward_hook(self._layer_hook(i, self._want_z and t.output, keep)))
+            if self.has_act[i] and self._want_act:
                 self._hooks.append(t.act.register_forward_hook(self._act_hook(i)))
 
-    def _layer_hook(self, i):
+    def _layer_hook(self, i, want_z: bool = True, keep: bool = False):
+        def add(g):
+            # the norm, not the gradient, is kept: holding every layer's gradient through the
+            # backward pass would keep megabytes alive that the allocator could otherwise reuse
+            norm, prev = torch.linalg.vector_norm(g), self._out_grads[i]
+            self._out_grads[i] = norm if prev is None else torch.hypot(prev, norm)  # several calls
+
         def hook(module, inputs, output):
-            if output.requires_grad:
-                # the norm, not the gradient, is kept: holding every layer's gradient through the
-                # backward pass would keep megabytes alive that the allocator could otherwise reuse
-                output.register_hook(lambda g: self._out_grads.__setitem__(i, torch.linalg.vector_norm(g)))
+            if not isinstance(output, torch.Tensor):
+                return
+            if keep:
+                self._outs[i] = output
+            if want_z and output.requires_grad:
+                output.register_hook(add)
 
         return hook
 
@@ -172,9 +203,14 @@ class GradientRecorder:
             h.register_hook(lambda g, key=(layer, t): self._time.__setitem__(key, g))
 
     def _act_hook(self, i):
-        keep_input = self.activation.saturated is None  # z is needed only without a shortcut
+        keep_input = self.acts[i].saturated is None  # z is needed only without a shortcut
+        match = self.match_act
 
         def hook(module, inputs, output):
+            if match:
+                if not inputs or inputs[0] is not self._outs[i]:
+                    return  # this call of a shared module is not applied to layer i's output
+                self._outs[i] = None
             if keep_input:
                 self._act_in[i] = inputs[0].detach()
             self._act_out[i] = output.detach()
@@ -218,6 +254,7 @@ class GradientRecorder:
         self._out_grads = [None] * n
         self._act_in = [None] * n
         self._act_out = [None] * n
+        self._outs = [None] * n
 
     def _group_buffers(self, shape: tuple, idx: list[int], device):
         """Reused buffers for a group of equally shaped activations: its layer index and two
@@ -249,12 +286,13 @@ class GradientRecorder:
         All four equal their float64 values computed from the float32 activations (the fractions
         exactly; saturation read off h may differ only where z is within rounding of the threshold).
         """
-        groups: dict[tuple, list[int]] = {}
+        groups: dict[tuple, list[int]] = {}  # (shape, activation) -> layers
         for i, h in enumerate(self._act_out):
             if h is not None:
-                groups.setdefault(tuple(h.shape), []).append(i)
-        sat_fn = self.activation.saturated
-        for shape, idx in groups.items():
+                groups.setdefault((tuple(h.shape), id(self.acts[i])), []).append(i)
+        for (shape, _), idx in groups.items():
+            act = self.acts[idx[0]]
+            sat_fn = act.saturated
             index, h, tmp = self._group_buffers(shape, idx, values.device)
             torch.stack([self._act_out[i] for i in idx], out=h.view(len(idx), *shape))
             count = h.shape[1] * h.shape[2]
@@ -262,7 +300,7 @@ class GradientRecorder:
                 sat = sat_fn(h, tmp)  # 0./1. in tmp
             else:
                 torch.stack([self._act_in[i] for i in idx], out=tmp.view(len(idx), *shape))
-                sat = torch.lt(self.activation.dphi(tmp).abs_(), SATURATION * self.activation.dphi_max, out=tmp)
+                sat = torch.lt(act.dphi(tmp).abs_(), SATURATION * act.dphi_max, out=tmp)
             # a float32 count is exact while every partial sum is an integer below 2**24
             n_sat = sat.sum((1, 2), dtype=torch.float64 if count > 2**24 else None)
             lo, hi = h.amin(1), h.amax(1)  # (G, U): a unit is dead where both are 0
