@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from vgp import blocks
 from vgp.errors import UserError
 
 
@@ -78,7 +79,7 @@ SCHEMAS = {
                            numbers=("value",)),
     "summary.csv": dict(columns=("status",),
                         numbers=("steps_done", "final_loss", "final_test_loss", "final_test_acc", "grad_ratio",
-                                 "decay_per_layer", "decay_per_layer_last", "decay_per_step",
+                                 "decay_per_layer", "decay_per_layer_last", "decay_per_step", "decay_per_block",
                                  "predicted_decay_per_layer", "wall_s")),
 }
 
@@ -681,12 +682,17 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
     first, last = int(steps[0]), int(steps[-1])
     has_og = bool((g.kind == "output_grad").any())
     per_step = {}
+    own_model = not run.config.get("model")  # recorded by vgp.Recorder: any model, layers in forward order
     for name, step in (("first", first), ("last", last)):
         st = depth_stats(g, step, th) if has_og else None
         ts = time_stats(run.time, step, th) if run.time is not None and len(run.time) else None
-        axes = ([(st["verdict"], st["compounded"])] if st and st["verdict"] != "unknown" else []) + \
-               [(t["verdict"], t["compounded"]) for t in ts or []]
-        per_step[name] = {"depth": st, "time": ts, "verdict": combine(axes)}
+        bs = blocks.stats(g, step, th, judge, decay_rate) if has_og and own_model else None
+        if bs and bs["verdict"] != "unknown":  # repeated blocks: like against like, block to block
+            axes = [(bs["verdict"], bs["compounded"])]
+        else:
+            axes = [(st["verdict"], st["compounded"])] if st and st["verdict"] != "unknown" else []
+        axes += [(t["verdict"], t["compounded"]) for t in ts or []]
+        per_step[name] = {"depth": st, "time": ts, "blocks": bs, "verdict": combine(axes)}
     s = setup(run.config)
     m = run.config.get("model") or {}
     evidence = loss_evidence(run.metrics, th)
@@ -711,6 +717,7 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
         "drop_layer": d0.get("drop_layer"), "rise_layer": d0.get("rise_layer"),
         "decay_per_layer_last": dl.get("decay_per_layer", math.nan),
         "decay_per_step": worst_time["decay_per_step"] if worst_time else math.nan,
+        "decay_per_block": (per_step["first"]["blocks"] or {}).get("decay_per_block", math.nan),
         "predicted_decay_per_layer": theory.get("predicted_decay_per_layer", math.nan),
         "steps": {"first": per_step["first"], "last": per_step["last"]},
         "time": times0 or None, "evidence": evidence, "theory": theory, "thresholds": asdict(th),
@@ -727,6 +734,7 @@ def summary_columns(folder: str | Path, run: Run | None = None) -> dict:
         t = d["theory"]
         return {"decay_per_layer": d["decay_per_layer"], "decay_per_layer_last": d["decay_per_layer_last"],
                 "decay_per_step": d["decay_per_step"], "verdict": d["verdict"], "verdict_last": d["verdict_last"],
+                **({"decay_per_block": d["decay_per_block"]} if math.isfinite(d["decay_per_block"]) else {}),
                 "predicted_decay_per_layer": t.get("predicted_decay_per_layer"), "theory_chi1": t.get("chi1"),
                 "theory_phase": t.get("phase")}
     except Exception as e:  # noqa: BLE001
@@ -800,6 +808,8 @@ def report(d: dict) -> str:
                 f"output layer {_num(s['first_over_output'])}" + _band(s, th, "layer", "layer")
                 + (f"; {s['zeros']} layer(s) underflowed to 0" if s["zeros"] else "")
                 + (f"; {s['nonfinite']} non-finite" if s["nonfinite"] else ""))
+        if d["steps"][name].get("blocks"):
+            lines.append(blocks.describe(d["steps"][name]["blocks"], th, lambda x, *sides: _num(x, *sides)))
         for r in d["steps"][name]["time"] or []:
             step = d["steps"][name]["depth"]["step"] if d["steps"][name]["depth"] else ""
             lines.append(f"  step {step} recurrent layer {r['layer']}: dLoss/dh_t "

@@ -43,10 +43,10 @@ CONFIG_SECTIONS = ("model", "data", "train", "log")
 NOT_AXES = ("name", "seed", "out", "device", "log.kinds", "folder", "source")
 FINISHED = ("completed", "diverged")
 # summary columns aggregated in log space: each spans orders of magnitude
-LOG_METRICS = ("grad_ratio", "decay_per_layer", "decay_per_layer_last", "decay_per_step",
+LOG_METRICS = ("grad_ratio", "decay_per_layer", "decay_per_layer_last", "decay_per_step", "decay_per_block",
                "predicted_decay_per_layer", "theory_chi1")
 DEFAULT_METRICS = ("final_test_acc", "final_test_loss", "final_loss", "grad_ratio", "decay_per_layer",
-                   "decay_per_step", "steps_done")
+                   "decay_per_step", "decay_per_block", "steps_done")
 
 
 @dataclass
