@@ -78,6 +78,13 @@ def _bias(layer) -> torch.Tensor | None:
     return b if isinstance(b, torch.nn.Parameter) and b.requires_grad else None
 
 
+def _unchanged(kept: tuple | None, x: torch.Tensor, act: torch.nn.Module) -> bool:
+    """Whether ``x``, an activation module's input, is the layer output ``kept`` = (tensor, version)
+    as the layer returned it: the same tensor, not changed in place since (``out += identity`` in
+    torchvision's residual blocks), except by the activation itself where it is in-place."""
+    return kept is not None and x is kept[0] and x._version == kept[1] + bool(getattr(act, "inplace", False))
+
+
 class GradientRecorder:
     def __init__(self, tracked: list[Tracked], activation: Activation | list, params: list | None = None,
                  kinds=KINDS, model=None, match_act: bool = False):
@@ -190,7 +197,7 @@ class GradientRecorder:
             if not isinstance(output, torch.Tensor):
                 return
             if keep:
-                self._outs[i] = output
+                self._outs[i] = (output, output._version)
             if want_z and output.requires_grad:
                 output.register_hook(add)
 
@@ -208,7 +215,7 @@ class GradientRecorder:
 
         def hook(module, inputs, output):
             if match:
-                if not inputs or inputs[0] is not self._outs[i]:
+                if not inputs or not _unchanged(self._outs[i], inputs[0], module):
                     return  # this call of a shared module is not applied to layer i's output
                 self._outs[i] = None
             if keep_input:

@@ -19,7 +19,7 @@ SiLU, ELU, LeakyReLU, SELU, Softsign, Softplus) also gets activation statistics 
 **Steps**: the k-th ``step()`` call is step k; steps 0, every, 2*every, ... are recorded. Hooks are
 attached only for recorded steps (before their forward pass: at ``__enter__`` for step 0, at the
 end of the ``step()`` before the next recorded one); a recorded step's values stay on the device
-until the next ``step()`` call or the exit, when the optimizer's update is visible (update_ratio),
+until the next ``step()`` call (or the exit), when the optimizer's update is visible (update_ratio),
 and then leave it in one transfer. Other ``step()`` calls count and keep a device-side
 finiteness flag of the loss: the first non-finite loss ends recording and the run is ``diverged``.
 
@@ -43,7 +43,7 @@ from torch import nn
 from vgp import activations, analysis, results
 from vgp.errors import UserError
 from vgp.models import Tracked
-from vgp.record import KINDS, GradientRecorder
+from vgp.record import KINDS, GradientRecorder, _unchanged
 from vgp.train import GRAD_COLUMNS, METRIC_COLUMNS, _meta, _record_end, _signals_as_exceptions
 
 # activation modules vgp can describe: class -> (registry name, {argument: module attribute})
@@ -97,7 +97,7 @@ class _Discovery:
             if c not in self.order:
                 self.order.append(c)
             if isinstance(output, torch.Tensor):
-                self._outs[id(output)] = (c, output)
+                self._outs[id(output)] = (c, (output, output._version))
                 if want_z and output.requires_grad:
                     output.register_hook(add)
 
@@ -105,7 +105,7 @@ class _Discovery:
 
     def _act_hook(self, module, inputs, output):
         found = self._outs.get(id(inputs[0])) if inputs else None
-        if found is not None and found[1] is inputs[0]:
+        if found is not None and _unchanged(found[1], inputs[0], module):
             c = found[0]
             if c not in self.acts or self.acts[c][0] is module:  # the first module applied to c's output
                 self.acts[c] = (module, inputs[0].detach(), output.detach())
@@ -151,7 +151,8 @@ class Recorder:
         self.activations: list = []  # per tracked layer: its Activation or None
         self._rec: GradientRecorder | None = None
         self._discovery: _Discovery | None = None
-        self._finite: list[torch.Tensor] = []  # per step since the last recorded one: loss finite
+        self._finite: list[torch.Tensor] = []  # per step since the last transfer: loss finite
+        self._true = torch.ones((), dtype=torch.bool, device=self.device)  # the flag of a step without a loss
         self._waiting: tuple | None = None  # a recorded step whose update is not seen yet
         self._stack: contextlib.ExitStack | None = None
         self._streams: list = []
@@ -218,22 +219,22 @@ class Recorder:
             if loss.numel() != 1:
                 raise UserError(f"Recorder.step: loss must be a single number, not a tensor of shape "
                                 f"{tuple(loss.shape)}")
-            self._finite.append(torch.isfinite(loss.reshape(())))
+            loss = loss.reshape(())
         elif loss is not None:
             loss = torch.tensor(float(loss), device=self.device)
-            self._finite.append(torch.isfinite(loss))
-        if not k % self.every == 0:
-            self.steps_done += 1
-            if self.recording(self.steps_done):
-                self._rec.start()  # hooks for the next step's forward pass
-            return
-        if self._waiting is not None:
-            self._write(self._waiting, self._finite[:-1] if loss is not None else self._finite)
-            self._finite = self._finite[-1:] if loss is not None else []
+        self._finite.append(torch.isfinite(loss) if loss is not None else self._true)  # one flag per step
+        if self._waiting is not None:  # the step after a recorded one: its update is visible now
+            self._write(self._waiting, self._finite[:-1], k)
+            self._finite, self._waiting = self._finite[-1:], None
             if self.diverged_step is not None:
                 self._rec._detach()
                 self.steps_done += 1
                 return
+        if k % self.every:
+            self.steps_done += 1
+            if self.recording(self.steps_done):
+                self._rec.start()  # hooks for the next step's forward pass
+            return
         if self._rec is None:
             self._discover()
         else:
@@ -296,8 +297,9 @@ class Recorder:
         widths = [max(len(r[j]) for r in rows) for j in range(5)]
         return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n" for r in rows)
 
-    def _write(self, waiting: tuple, finite: list) -> None:
-        """Write a recorded step's rows: its values and flags leave the device in one transfer."""
+    def _write(self, waiting: tuple, finite: list, end: int) -> None:
+        """Write a recorded step's rows: its values and the finiteness flags of steps
+        end - len(finite) .. end - 1 leave the device in one transfer."""
         k, loss, gn, elapsed, lr = waiting
         values = self._rec.after_step()  # update_ratio: the optimizer has stepped since
         nan = torch.full((), math.nan, device=values.device, dtype=torch.float64)
@@ -315,9 +317,12 @@ class Recorder:
             self.final_loss = l
         if k == 0 and "output_grad" in self.kinds:
             self.grad_ratio = self._ratio(flat)
+        self._check_flags(ok, end)
+
+    def _check_flags(self, ok: list[float], end: int) -> None:
         bad = [j for j, v in enumerate(ok) if v != 1.0]
-        if bad:  # flags are of steps k, k+1, ... (those that passed a loss)
-            self.diverged_step = k + bad[0]
+        if bad:  # ok[j] is the flag of step end - len(ok) + j
+            self.diverged_step = end - len(ok) + bad[0]
 
     def _ratio(self, flat: list[float]) -> float | None:
         """output_grad of the first over the last layer with an activation (of the first over the last
@@ -335,7 +340,9 @@ class Recorder:
     # -- the end -------------------------------------------------------------------------------
     def _finish(self) -> None:
         if self._waiting is not None and self.diverged_step is None:
-            self._write(self._waiting, self._finite)
+            self._write(self._waiting, self._finite, self.steps_done)
+        elif self._finite and self.diverged_step is None:  # steps since the last transfer
+            self._check_flags(torch.stack(self._finite).double().tolist(), self.steps_done)
         for s in self._streams:
             s.finish()
         self.status = "diverged" if self.diverged_step is not None else "completed"

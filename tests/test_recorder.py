@@ -1,0 +1,267 @@
+"""vgp.Recorder on models vgp did not build: every recorded norm against an independent reference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import vgp
+from vgp.errors import UserError
+from vgp.recorder import _own_weight
+
+
+def trace_order(model, run) -> list[str]:
+    """Independent reference: names of modules with their own trainable weight, in first-call order."""
+    names = {m: n for n, m in model.named_modules()}
+    order = []
+
+    def hook(module, inputs, output):
+        if names[module] not in order:
+            order.append(names[module])
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if _own_weight(m)]
+    run()
+    for h in hs:
+        h.remove()
+    return order
+
+
+def one_step(model, out, forward, every=1, **kw):
+    """One recorded step with retain_grad references on every tracked module's output."""
+    outs = {}
+    names = {m: n for n, m in model.named_modules()}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        outs.setdefault(names[module], []).append(output)
+
+    hs = [m.register_forward_hook(keep) for m in model.modules() if _own_weight(m)]
+    with vgp.Recorder(model, out=out, every=every, **kw) as rec:
+        loss = forward()
+        model.zero_grad()
+        loss.backward()
+        rec.step(loss)
+        grads = {n: m.weight.grad.norm().item() for n, m in model.named_modules() if _own_weight(m)}
+        biases = {n: m.bias.grad.norm().item() for n, m in model.named_modules()
+                  if _own_weight(m) and isinstance(getattr(m, "bias", None), nn.Parameter)}
+    for h in hs:
+        h.remove()
+    zref = {n: torch.sqrt(sum(o.grad.double().square().sum() for o in os if o.grad is not None)).item()
+            for n, os in outs.items()}
+    return rec, pd.read_csv(out / "grad_norms.csv"), grads, biases, zref
+
+
+def check_against(g, grads, biases, zref):
+    w = g[g.kind == "weight_grad"].set_index("name").value
+    assert set(w.index) == set(grads)
+    for n, v in grads.items():
+        assert w[n] == pytest.approx(v, rel=1e-5, abs=1e-12), n
+    b = g[g.kind == "bias_grad"].set_index("name").value
+    assert set(b.index) == set(biases)
+    for n, v in biases.items():
+        assert b[n] == pytest.approx(v, rel=1e-5, abs=1e-12), n
+    z = g[g.kind == "output_grad"].set_index("name").value
+    for n, v in zref.items():
+        assert z[n] == pytest.approx(v, rel=1e-4, abs=1e-12), n
+
+
+def cli(*args):
+    r = subprocess.run([sys.executable, "-m", "vgp", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_resnet18(tmp_path):
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = tv.models.resnet18(weights=None, num_classes=10)
+    for m in model.modules():  # torchvision's in-place ReLUs: a retain_grad reference would see the
+        if isinstance(m, nn.ReLU):  # gradient after the ReLU, the recorder's hook the one before it
+            m.inplace = False
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+    order = trace_order(model, lambda: model(x))
+    rec, g, grads, biases, zref = one_step(model, tmp_path / "r18", lambda: F.cross_entropy(model(x), y))
+    assert [t.name for t in rec.tracked] == order
+    assert g.groupby("layer").name.first().tolist() == order  # numbered in execution order
+    check_against(g, grads, biases, zref)
+    acts = {t.name: a.name for t, a in zip(rec.tracked, rec.activations) if a is not None}
+    assert acts["bn1"] == "relu" and acts["layer1.0.bn1"] == "relu"
+    assert "layer1.0.bn2" not in acts  # its ReLU comes after the residual add
+    assert set(g[g.kind == "dead"].name) == set(acts)
+    assert "verdict" in cli("diagnose", str(tmp_path / "r18"))
+
+
+def gpt2(n_layer=2):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=n_layer, n_embd=32, n_head=2, vocab_size=100, n_positions=16)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def test_gpt2(tmp_path):
+    model = gpt2()
+    ids = torch.randint(0, 100, (2, 8))
+    order = trace_order(model, lambda: model(ids))
+    rec, g, grads, biases, zref = one_step(model, tmp_path / "gpt", lambda: model(ids, labels=ids).loss)
+    assert [t.name for t in rec.tracked] == order
+    assert "transformer.h.0.mlp.c_fc" in order and type(model.transformer.h[0].mlp.c_fc).__name__ == "Conv1D"
+    assert order[0] in ("transformer.wte", "transformer.wpe")
+    check_against(g, grads, biases, zref)
+    assert not (g[g.name == "transformer.wte"].kind == "bias_grad").any()  # an Embedding has no bias
+    s = pd.read_csv(tmp_path / "gpt" / "summary.csv").iloc[0]
+    assert s["model.class"] == "GPT2LMHeadModel" and s.status == "completed" and s.steps_done == 1
+    assert s["model.params"] == sum(p.numel() for p in model.parameters())
+    assert "layer  name" in (tmp_path / "gpt" / "model.txt").read_text()
+    cli("diagnose", str(tmp_path / "gpt"))
+    cli("plot", str(tmp_path / "gpt"), "-o", str(tmp_path / "plots"))
+
+
+def test_include_exclude(tmp_path):
+    model = gpt2()
+    ids = torch.randint(0, 100, (2, 8))
+    rec, g, *_ = one_step(model, tmp_path / "a", lambda: model(ids, labels=ids).loss,
+                          include="transformer.h.*.mlp.*", exclude="*.c_proj")
+    assert [t.name for t in rec.tracked] == ["transformer.h.0.mlp.c_fc", "transformer.h.1.mlp.c_fc"]
+    with pytest.raises(UserError, match="no module with a trainable weight"):
+        vgp.Recorder(model, out=tmp_path / "b", include="nothing.*")
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.shared, self.out = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        for _ in range(3):  # weight sharing: one module, three calls
+            h = torch.tanh(self.shared(h))
+        return self.out(h)
+
+
+def test_weight_sharing_output_grad_is_the_norm_over_all_calls(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    x = torch.randn(5, 4)
+    rec, g, grads, biases, zref = one_step(model, tmp_path / "w", lambda: model(x).square().mean())
+    assert [t.name for t in rec.tracked] == ["inp", "shared", "out"]
+    check_against(g, grads, biases, zref)  # zref: sqrt of the sum of squares over the three calls
+
+
+def test_tanh_mlp_act_stats_equal_float64(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 3))
+    x = torch.randn(16, 6) * 3
+    hs = {}
+    handles = [model[i].register_forward_hook(lambda m, i_, o, k=i: hs.__setitem__(k, o.detach().double()))
+               for i in (1, 3)]
+    rec, g, *_ = one_step(model, tmp_path / "t", lambda: F.cross_entropy(model(x), torch.zeros(16, dtype=torch.long)))
+    for h in handles:
+        h.remove()
+    for name, k in (("0", 1), ("2", 3)):
+        v = g[g.name.astype(str) == name].set_index("kind").value
+        h = hs[k]
+        assert v.act_mean == pytest.approx(h.mean().item(), rel=1e-5, abs=1e-7)
+        assert v.act_std == pytest.approx(h.std(unbiased=False).item(), rel=1e-5)
+        assert v.saturation == (1 - h.square() < 0.05).double().mean().item()
+        assert v.dead == 0
+    assert not (g[g.name.astype(str) == "4"].kind == "act_mean").any()  # the output layer has no activation
+
+
+def train(model, out, steps, every, fail_at=None, loss_at=None, **kw):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(8, 4)
+    with vgp.Recorder(model, out=out, every=every, optimizer=opt, **kw) as rec:
+        for s in range(steps):
+            if s == fail_at:
+                raise RuntimeError("boom")
+            loss = model(x).square().mean()
+            if loss_at is not None and s >= loss_at:
+                loss = loss * float("nan")
+            opt.zero_grad()
+            loss.backward()
+            rec.step(loss)
+            opt.step()
+    return rec
+
+
+def test_every_n_and_update_ratio(tmp_path):
+    import copy
+
+    torch.manual_seed(0)
+    model = Tiny()
+    ref = copy.deepcopy(model)
+    torch.manual_seed(1)
+    train(model, tmp_path / "e", 7, 3)
+    g = pd.read_csv(tmp_path / "e" / "grad_norms.csv")
+    assert sorted(g.step.unique()) == [0, 3, 6]
+    assert pd.read_csv(tmp_path / "e" / "metrics.csv").step.tolist() == [0, 3, 6]
+    # step 0's update ratio: the first SGD step's change (lr times the gradient) over the weight before it
+    torch.manual_seed(1)
+    ref(torch.randn(8, 4)).square().mean().backward()
+    want = (0.05 * ref.shared.weight.grad).norm() / ref.shared.weight.norm()
+    u = g[(g.step == 0) & (g.name == "shared") & (g.kind == "update_ratio")].value.item()
+    assert u == pytest.approx(want.item(), rel=1e-4)
+
+
+def test_hooks_only_on_recorded_steps(tmp_path):
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    counts = []
+    with vgp.Recorder(model, out=tmp_path / "h", every=3) as rec:
+        for s in range(6):
+            counts.append(sum(len(m._forward_hooks) for m in model.modules()))
+            loss = model(torch.randn(2, 4)).sum()
+            opt.zero_grad()
+            loss.backward()
+            rec.step(loss)
+            opt.step()
+    assert counts[1] == counts[2] == counts[4] == 0 and counts[3] > 0
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+
+
+def test_exception_marks_failed(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        train(Tiny(), tmp_path / "f", 5, 1, fail_at=3)
+    f = tmp_path / "f"
+    assert json.loads((f / "meta.json").read_text())["status"] == "failed"
+    assert "boom" in (f / "error.txt").read_text()
+    assert not (f / "summary.csv").exists() and (f / "grad_norms.csv.partial").exists()
+    with pytest.raises(KeyboardInterrupt):
+        with vgp.Recorder(Tiny(), out=tmp_path / "i"):
+            raise KeyboardInterrupt
+    assert json.loads((tmp_path / "i" / "meta.json").read_text())["status"] == "interrupted"
+
+
+def test_divergence(tmp_path):
+    rec = train(Tiny(), tmp_path / "d", 10, 4, loss_at=5)
+    assert rec.status == "diverged" and rec.diverged_step == 5
+    s = pd.read_csv(tmp_path / "d" / "summary.csv").iloc[0]
+    assert s.status == "diverged" and s.diverged_step == 5
+
+
+def test_force_and_errors(tmp_path):
+    train(Tiny(), tmp_path / "r", 2, 1)
+    with pytest.raises(UserError, match="finished run"):
+        with vgp.Recorder(Tiny(), out=tmp_path / "r"):
+            pass
+    train(Tiny(), tmp_path / "r", 2, 1, force=True)
+    with pytest.raises(UserError, match="no module with a trainable weight"):
+        vgp.Recorder(nn.Sequential(nn.ReLU()), out=tmp_path / "n")
+    frozen = nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(UserError, match="no module with a trainable weight"):
+        vgp.Recorder(frozen, out=tmp_path / "n")
+    model = Tiny()
+    with pytest.raises(UserError, match="loss.backward"):
+        with vgp.Recorder(model, out=tmp_path / "nb") as rec:
+            model(torch.randn(2, 4))
+            rec.step()
+    assert json.loads((tmp_path / "nb" / "meta.json").read_text())["status"] == "failed"
+    with pytest.raises(UserError, match="every"):
+        vgp.Recorder(model, out=tmp_path / "x", every=0)
