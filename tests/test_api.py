@@ -23,36 +23,6 @@ from vgp.errors import ConfigError, UserError
 
 README_HEADING = "## Python API"
 
-# The README example, tested from here until the section is in README.md (then the README's own
-# first ```python block under README_HEADING is what runs).
-EXAMPLE = '''\
-import vgp
-from vgp.errors import ConfigError
-
-# train a config, as `vgp run` does: overrides as keywords, __ for the dot (model__depth is model.depth)
-result = vgp.run("configs/quickstart.yaml", out="results/api", train__steps=50, force=True)
-print(result.folder, result.status, result.summary["grad_ratio"])
-profile = result.grad_table("output_grad")        # one row per recorded step, one column per layer
-print(profile.loc[0, 1] / profile.loc[0, 21])     # step 0: layer 1's output_grad over the output layer's
-
-# a second run into the same folder, then both as one table
-vgp.run("configs/quickstart.yaml", out="results/api", name="relu-he", train__steps=50, force=True,
-        model__activation="relu", model__init="kaiming_normal")
-runs = vgp.load_sweep("results/api")              # a sweep folder, or any folder of run folders
-print(runs.table[["name", "model.activation.name", "final_loss", "grad_ratio"]])
-print(runs.compare(metrics=["final_loss", "grad_ratio"]))
-grads = runs.grads(kinds=["output_grad"])         # run, step, layer, kind, value
-print(grads.groupby(["run", "layer"])["value"].first().unstack("run").head())
-
-run = vgp.load_run("results/api/relu-he")         # any run folder, finished or not
-print(run.status)
-print(run.metrics[["step", "loss", "grad_norm"]].tail(3))
-
-try:
-    vgp.run("configs/quickstart.yaml", model__depht=40)
-except ConfigError as e:
-    print(e)   # override model.depht=40: unknown key 'model.depht'; did you mean 'model.depth'? ...
-'''
 
 FLAG = re.compile(r"(?<![\w/.-])--?[a-zA-Z]")  # --force, -o (not the '-of-' of a pytest path)
 COMMAND = re.compile(r"\bvgp (run|sweep|compare|plot|report|diagnose|theory|validate|ls)\b")
@@ -328,10 +298,9 @@ def test_messages_are_reworded_for_python_callers():
 # -- the README example ------------------------------------------------------------------------
 
 def readme_example() -> str:
-    """The first ```python block under README_HEADING, else EXAMPLE (until the section is placed)."""
+    """The first ```python block under README_HEADING: the README's example is what runs."""
     text = (ROOT / "README.md").read_text()
-    if README_HEADING + "\n" not in text:
-        return EXAMPLE
+    assert README_HEADING + "\n" in text, f"no {README_HEADING} section in README.md"
     section = text.split(README_HEADING + "\n", 1)[1].split("\n## ", 1)[0]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match, f"no ```python block under {README_HEADING} in README.md"
