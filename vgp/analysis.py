@@ -710,7 +710,8 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
     out = {
         "run": str(run.folder), "status": run.status, "finished": run.finished,
         "unfinished": run.unfinished_why() or None, "partial_files": list(run.partial), "recorded_steps": len(steps),
-        "arch": m.get("arch"), "activation": s["activation"], "depth": m.get("depth"),
+        "arch": m.get("arch") or (run.summary or {}).get("model.class"),  # vgp.Recorder: the model's class
+        "activation": s["activation"], "depth": m.get("depth"),
         "verdict": per_step["first"]["verdict"], "verdict_last": per_step["last"]["verdict"],
         "decay_per_layer": d0.get("decay_per_layer", math.nan), "compounded": d0.get("compounded", math.nan),
         "grad_ratio": d0.get("grad_ratio", math.nan), "first_over_output": d0.get("first_over_output", math.nan),
