@@ -1,0 +1,10 @@
+"""Callbacks that record a run folder from a training framework's own loop, one module per framework:
+
+* ``vgp.integrations.lightning.VGPCallback``: a Lightning ``Callback`` (``pip install 'vgp[lightning]'``);
+* ``vgp.integrations.hf.VGPCallback``: a Hugging Face ``transformers.TrainerCallback``
+  (``pip install 'vgp[hf]'``).
+
+Each wraps :class:`vgp.Recorder`: it enters the recorder when training starts, calls ``step`` once per
+optimizer step and exits when training ends (or fails). Importing this package imports neither
+framework; importing a module of it without its framework raises ImportError with the pip command.
+"""
