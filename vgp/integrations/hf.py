@@ -47,7 +47,9 @@ class VGPCallback(TrainerCallback):
     * The loss of a recorded step is the model's own ``loss`` output, read by a forward hook on the
       model in training mode: the mean over the step's micro-batches (the sum where the Trainer
       passed ``num_items_in_batch``, as each micro-batch's loss is then already divided by the
-      step's token count). A model that returns no ``loss`` (a custom ``compute_loss``) records
+      step's count of labels; that count is taken before a causal LM shifts the labels, so the loss,
+      like the gradients, is what the Trainer backpropagates, slightly below the mean per token
+      unless the first label of each sequence is -100). A model that returns no ``loss`` (a custom ``compute_loss``) records
       ``None`` as the loss.
     * Multi-GPU: records on the world's process zero only, after the gradients were all-reduced
       (DDP). Sharded setups (FSDP, DeepSpeed ZeRO) hold a shard of each parameter per process; the
