@@ -265,3 +265,56 @@ def test_force_and_errors(tmp_path):
     assert json.loads((tmp_path / "nb" / "meta.json").read_text())["status"] == "failed"
     with pytest.raises(UserError, match="every"):
         vgp.Recorder(model, out=tmp_path / "x", every=0)
+
+
+def test_sigterm_marks_interrupted(tmp_path):
+    """SIGTERM inside the with block (timeout, kill, a scheduler): the folder says interrupted."""
+    code = f"""
+import os, signal, torch, vgp
+from torch import nn
+m = nn.Linear(3, 2)
+with vgp.Recorder(m, out={str(tmp_path / 's')!r}, every=1) as rec:
+    m(torch.randn(2, 3)).sum().backward()
+    rec.step()
+    os.kill(os.getpid(), signal.SIGTERM)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 128 + 15, r.stderr
+    assert json.loads((tmp_path / "s" / "meta.json").read_text())["status"] == "interrupted"
+
+
+class SharedAct(nn.Module):
+    """One Tanh module after every layer, and once more on a sum that no layer returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+        self.act = nn.Tanh()
+
+    def forward(self, x):
+        h = self.act(self.a(x))
+        h = self.act(self.act(self.b(h)) + h)
+        return self.c(h)
+
+
+def test_shared_activation_module(tmp_path):
+    torch.manual_seed(0)
+    model = SharedAct()
+    x = torch.randn(5, 4)
+    rec, g, *_ = one_step(model, tmp_path / "sa", lambda: model(x).sum())
+    assert [a.name if a else None for a in rec.activations] == ["tanh", "tanh", None]
+    v = g[g.name == "b"].set_index("kind").value
+    hb = torch.tanh(model.b(torch.tanh(model.a(x)))).double()
+    assert v.act_std == pytest.approx(hb.std(unbiased=False).item(), rel=1e-5)
+    # later steps use the recorder's own hooks: the same association
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with vgp.Recorder(model, out=tmp_path / "sb", every=1) as rec:
+        for _ in range(2):
+            loss = model(x).sum()
+            opt.zero_grad()
+            loss.backward()
+            rec.step(loss)
+            opt.step()
+    g = pd.read_csv(tmp_path / "sb" / "grad_norms.csv")
+    s = g[(g.name == "b") & (g.kind == "act_std")].value.tolist()
+    assert s[0] == pytest.approx(s[1], rel=1e-6) == pytest.approx(hb.std(unbiased=False).item(), rel=1e-5)
