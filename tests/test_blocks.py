@@ -16,6 +16,7 @@ def test_names_split_at_their_first_whole_number():
     assert blocks.split("layer2.0.downsample.0") == ("layer2.0", "downsample.0")  # not at the last number
     assert blocks.split("blocks.7") == ("blocks.7", "")
     assert blocks.split("transformer.wte") is None and blocks.split("lm_head") is None
+    assert blocks.split("4") is None and blocks.split("2.weight_ih") is None  # a plain nn.Sequential's positions
     names = pd.Series(["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer2.0.conv1",
                        "layer2.0.downsample.0", "fc"], index=range(1, 8))
     found = blocks.find(names)

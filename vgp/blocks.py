@@ -37,11 +37,12 @@ _INT = re.compile(r"^\d+$")
 
 def split(name: str) -> tuple[str, str] | None:
     """('transformer.h.3', 'attn.c_proj') for 'transformer.h.3.attn.c_proj'; None without a part
-    that is a whole number. A block that is itself a tracked layer has the member ''."""
+    that is a whole number after a named container (the '2' of a plain nn.Sequential's '2' is a
+    position, not a block). A block that is itself a tracked layer has the member ''."""
     parts = str(name).split(".")
     for i, p in enumerate(parts):
         if _INT.match(p):
-            return ".".join(parts[:i + 1]), ".".join(parts[i + 1:])
+            return (".".join(parts[:i + 1]), ".".join(parts[i + 1:])) if i > 0 else None
     return None
 
 
