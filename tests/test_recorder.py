@@ -318,3 +318,28 @@ def test_shared_activation_module(tmp_path):
     g = pd.read_csv(tmp_path / "sb" / "grad_norms.csv")
     s = g[(g.name == "b") & (g.kind == "act_std")].value.tolist()
     assert s[0] == pytest.approx(s[1], rel=1e-6) == pytest.approx(hb.std(unbiased=False).item(), rel=1e-5)
+
+
+def test_the_readme_example_runs_and_diagnoses(tmp_path):
+    """The first ```python block under '## Recording your own model' in README.md, as a user runs it
+    (twice: force=True lets it run again), then `vgp diagnose` on the folder it wrote."""
+    import os
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text()
+    heading = "## Recording your own model\n"
+    assert heading in text, "no '## Recording your own model' section in README.md"
+    code = re.search(r"```python\n(.*?)```", text.split(heading, 1)[1].split("\n## ", 1)[0], re.S).group(1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+    folder = tmp_path / "results" / "mynet"
+    steps = sorted(pd.read_csv(folder / "grad_norms.csv").step.unique())
+    assert steps == list(range(0, 200, 10)) and (folder / "summary.csv").exists()
+    r = subprocess.run([sys.executable, "-m", "vgp", "diagnose", str(folder)], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0 and "verdict:" in r.stdout, r.stderr
