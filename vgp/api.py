@@ -215,7 +215,7 @@ def run(config_or_path, /, *, out: str | Path | None = None, force: bool = False
 # -- reading one run ---------------------------------------------------------------------------
 
 @dataclass
-class Run:
+class Run(analysis.Run):
     """A run folder's files (:func:`load_run`). A finished run reads the CSVs under their names; an
     unfinished one (running, killed, failed, interrupted) the rows its ``*.csv.partial`` files hold,
     less a last step cut short.
@@ -246,22 +246,7 @@ class Run:
       ``summary.csv`` exists (the completion marker); ``partial``: the files read from ``.partial``.
     """
 
-    folder: Path
-    config: dict
-    meta: dict | None
-    grads: pd.DataFrame
-    metrics: pd.DataFrame
-    time: pd.DataFrame | None
-    summary: dict | None
-    partial: tuple = ()
-
-    @property
-    def name(self) -> str:
-        return self.config.get("name") or self.folder.name
-
-    @property
-    def finished(self) -> bool:
-        return self.summary is not None
+    # the fields, name and finished are those of vgp.analysis.Run, which read_run fills
 
     @property
     def status(self) -> str:
@@ -305,7 +290,7 @@ def load_run(folder: str | Path) -> Run:
     folder with no recorded step yet, or a file that cannot be read as what vgp writes."""
     with _plain_errors():
         r = analysis.read_run(folder)
-    return Run(r.folder, r.config, r.meta, r.grads, r.metrics, r.time, r.summary, tuple(r.partial))
+    return Run(r.folder, r.config, r.grads, r.metrics, r.time, r.summary, r.meta, tuple(r.partial))
 
 
 # -- reading a sweep ---------------------------------------------------------------------------

@@ -8,3 +8,14 @@ Each wraps :class:`vgp.Recorder`: it enters the recorder when training starts, c
 optimizer step and exits when training ends (or fails). Importing this package imports neither
 framework; importing a module of it without its framework raises ImportError with the pip command.
 """
+
+
+def finish(rec, exception: BaseException | None) -> None:
+    """Exit ``rec`` (a :class:`vgp.Recorder`, or None when it never started) as a ``with`` block would:
+    completed, or failed/interrupted by ``exception``."""
+    if rec is None:
+        return
+    if exception is None:
+        rec.__exit__(None, None, None)
+    else:
+        rec.__exit__(type(exception), exception, exception.__traceback__)

@@ -30,6 +30,7 @@ if not hasattr(TrainerCallback, "on_pre_optimizer_step"):  # older releases have
 import torch
 
 import vgp
+from vgp.integrations import finish
 
 
 class VGPCallback(TrainerCallback):
@@ -115,9 +116,4 @@ class VGPCallback(TrainerCallback):
         rec, hook, self._rec, self._hook, self._losses = self._rec, self._hook, None, None, []
         if hook is not None:
             hook.remove()
-        if rec is None:
-            return
-        if exception is None:
-            rec.__exit__(None, None, None)
-        else:
-            rec.__exit__(type(exception), exception, exception.__traceback__)
+        finish(rec, exception)

@@ -25,6 +25,7 @@ except ImportError:
         raise ImportError("vgp.integrations.lightning needs Lightning: pip install 'vgp[lightning]'") from None
 
 import vgp
+from vgp.integrations import finish
 
 
 class VGPCallback(Callback):
@@ -80,9 +81,4 @@ class VGPCallback(Callback):
 
     def _finish(self, exception: BaseException | None) -> None:
         rec, self._rec, self._loss = self._rec, None, None
-        if rec is None:
-            return
-        if exception is None:
-            rec.__exit__(None, None, None)
-        else:
-            rec.__exit__(type(exception), exception, exception.__traceback__)
+        finish(rec, exception)
