@@ -1,9 +1,16 @@
-"""Recurrent nets (``rnn``, ``lstm``, ``gru``), unrolled one time step at a time.
+"""Recurrent nets (``rnn``, ``lstm``, ``gru``): unrolled on recorded steps, fused on the others.
 
 Unrolling (cells, not the fused ``nn.RNN``/``nn.LSTM``) is what makes the hidden state h_t of
 every step a tensor of its own: the gradient dLoss/dh_t that reaches it is the full one, through
 time and from the layer above, not just the share the loss sends to step t directly (which is
-all that a hook on a fused layer's output sequence sees).
+all that a hook on a fused layer's output sequence sees). Only recorded steps need that: the
+net unrolls while ``hidden_sink`` is set (the recorder sets it from ``start()`` to
+``after_backward()``) and otherwise runs the very same parameter tensors through PyTorch's
+fused kernels (``torch._VF.lstm``/``gru``/``rnn_tanh``/``rnn_relu``, what ``nn.LSTM`` itself
+calls; cuDNN on a GPU). The layouts already agree: each layer's W_ih (G*H, in), W_hh (G*H, H),
+b_ih, b_hh in PyTorch's gate order (LSTM i, f, g, o; GRU r, z, n). A vanilla ``rnn`` whose
+activation is neither ``tanh`` nor ``relu`` has no fused kernel and always unrolls.
+``model.fused = False`` unrolls every step (the reference the fused path is tested against).
 
 ``width`` is the hidden size, ``depth`` the number of stacked layers. The vanilla ``rnn``
 computes h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh) with any registered activation.
@@ -13,6 +20,7 @@ Inputs are (B, T, F); the output is the last step's (B, out) or, with ``per_step
 from __future__ import annotations
 
 import math
+import warnings
 from types import SimpleNamespace
 from typing import Callable
 
@@ -25,6 +33,12 @@ from vgp.inits import init_tensors, initialize
 from vgp.models import Tracked
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # row blocks of W_ih / W_hh (PyTorch's gate order)
+FUSED_RNN = {nn.Tanh: "rnn_tanh", nn.ReLU: "rnn_relu"}  # the only fused vanilla RNNs (torch._VF names)
+
+# cuDNN wants every layer's weights in one buffer (nn.LSTM's flatten_parameters); ours are separate
+# parameters, so it copies them into one per call (a few hundred kB, small next to T steps) and says so.
+warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous",
+                        category=UserWarning, module=__name__)
 
 
 class VanillaLayer(nn.Module):
@@ -76,6 +90,8 @@ class CellLayer(nn.Module):
 
 
 class RecurrentNet(nn.Module):
+    fused = True  # run the fused kernels when nothing needs the h_t; False: always unroll
+
     def __init__(self, kind: str, in_size: int, out_size: int, width: int, depth: int, activation: Activation,
                  per_step: bool = False):
         super().__init__()
@@ -85,17 +101,33 @@ class RecurrentNet(nn.Module):
             for a, b in zip(sizes[:-1], sizes[1:])
         )
         self.out = nn.Linear(width, out_size)
-        self.kind, self.per_step = kind, per_step
+        self.kind, self.per_step, self.width = kind, per_step, width
+        # the torch._VF function; None: this activation has no fused kernel
+        self.fused_op = kind if kind != "rnn" else FUSED_RNN.get(type(self.layers[0].act))
         # set by the recorder on recorded steps: called with (layer from 1, t from 1, h_t)
         self.hidden_sink: Callable[[int, int, torch.Tensor], None] | None = None
 
     def forward(self, x):  # (B, T, F) -> (B, out) or (B, T, out)
         sink = self.hidden_sink
+        if sink is None and self.fused and self.fused_op is not None:
+            x = self._fused(x)
+            return self.out(x) if self.per_step else self.out(x[:, -1])
         for k, layer in enumerate(self.layers):
             layer_sink = (lambda t, h, k=k: sink(k + 1, t + 1, h)) if sink is not None else None
             hs = layer.steps(x, layer_sink)
             x = torch.stack(hs, 1)  # (B, T, H)
         return self.out(x) if self.per_step else self.out(x[:, -1])
+
+    def _fused(self, x):  # (B, T, F) -> (B, T, H): the last layer's h_t, all layers in one call
+        flat = []
+        for layer in self.layers:
+            (wi, bi), (wh, bh) = layer.weights()
+            flat += [wi, wh, bi, bh]  # the order nn.LSTM's _flat_weights has
+        h0 = x.new_zeros(len(self.layers), x.shape[0], self.width)
+        hx = (h0, h0) if self.kind == "lstm" else h0
+        # (input, hx, weights, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+        op = getattr(torch._VF, self.fused_op)
+        return op(x, hx, flat, True, len(self.layers), 0.0, self.training, False, True)[0]
 
     def tracked(self) -> list[Tracked]:
         layers = []
