@@ -12,11 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from vgp.registry import LazyModule, Registry
 
-from vgp.registry import Registry
+# imported on first use: listing and resolving activations (vgp ls, vgp theory) needs no torch
+torch, nn, F = LazyModule("torch"), LazyModule("torch.nn"), LazyModule("torch.nn.functional")
 
 ACTIVATIONS = Registry("activation")
 

@@ -223,9 +223,7 @@ def theory(
     json_: bool = typer.Option(False, "--json", help="print one JSON object"),
 ):
     """Mean-field predictions (Poole et al. 2016, Schoenholz et al. 2017): q*, chi_1, gradient ratio, phase."""
-    import json
-
-    from vgp import analysis, theory as th
+    from vgp import theory as th
 
     notes, setting, labels = [], None, ["--weight-var", "--bias-var", "--depth"]
     if config is not None:
@@ -251,6 +249,10 @@ def theory(
     if notes:
         out["notes"] = notes
     if json_:
+        import json
+
+        from vgp import analysis
+
         typer.echo(json.dumps(analysis.jsonable(out)))
         return
     typer.echo(th.describe(out))

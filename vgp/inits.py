@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 from vgp.activations import Activation
-from vgp.registry import Registry
+from vgp.registry import LazyModule, Registry
+
+torch, nn = LazyModule("torch"), LazyModule("torch.nn")  # imported on first use: vgp ls needs no torch
 
 INITS = Registry("init")
 BIAS_INITS = Registry("bias init")

@@ -7,9 +7,9 @@ rejects them with the key's name instead of a run failing at its first step.
 
 from __future__ import annotations
 
-import torch
+from vgp.registry import LazyModule, Registry
 
-from vgp.registry import Registry
+torch = LazyModule("torch")  # imported on first use: vgp ls needs no torch
 
 OPTIMIZERS = Registry("optimizer")
 

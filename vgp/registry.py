@@ -17,6 +17,7 @@ must be finite.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import math
 import re
@@ -185,6 +186,24 @@ class Registry:
         """Call the registered builder with vgp's positional arguments and the spec's arguments."""
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k != "name"}
         return self[spec["name"]].fn(*args, **kwargs)
+
+
+class LazyModule:
+    """A module imported on first attribute use: ``torch = LazyModule("torch")`` at the top of a
+    component module lets ``vgp ls``, ``vgp theory`` and the config checks read its registry (names,
+    docs, defaults, ranges) without paying for importing torch (about 2 s here). Each attribute is
+    looked up once, then kept on the instance, so later uses cost what a plain attribute does."""
+
+    def __init__(self, name: str):
+        self._lazy_module_name = name
+
+    def __getattr__(self, attr: str):
+        value = getattr(importlib.import_module(self._lazy_module_name), attr)
+        setattr(self, attr, value)
+        return value
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self._lazy_module_name!r}>"
 
 
 _SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")

@@ -13,9 +13,11 @@ forward map that factor is chi_1; the measured per-layer ratio ||dz_l|| / ||dz_{
 sqrt(chi_1) (below 1: gradients vanish toward the input; above 1: they explode). chi_1 < 1 is the
 *ordered* phase, chi_1 > 1 the *chaotic* one, chi_1 = 1 the *critical* line ("edge of chaos").
 
-Expectations are Gaussian quadratures in float64 (split at 0, see ``gauss``) over
-``vgp.activations``' own ``phi``/``dphi``, so every registered activation is covered; ReLU, leaky
-ReLU and the identity use exact closed forms.
+Expectations are Gaussian quadratures in float64 (split at 0, see ``gauss``) over numpy twins of
+``vgp.activations``' ``phi``/``dphi`` (``_NUMPY``, checked against the torch ones by the tests, so
+that ``vgp theory`` and ``vgp diagnose`` need no torch); an activation without a twin is integrated
+through its torch functions, so every registered activation is covered. ReLU, leaky ReLU and the
+identity use exact closed forms.
 Example: tanh with sigma_b^2 = 0.05 is critical at sigma_w^2 = 1.76 (Schoenholz et al., fig. 1)::
 
     >>> round(critical_weight_var("tanh", 0.05), 2)
@@ -26,9 +28,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
-import torch
 
 from vgp.activations import ACTIVATIONS
 from vgp.errors import UserError
@@ -42,7 +44,6 @@ _N_NODES, _Z_MAX = 240, 12.0
 _Z, _W = np.polynomial.legendre.leggauss(_N_NODES)
 _Z = (_Z + 1) * _Z_MAX / 2
 _W = _W * _Z_MAX / 2 * np.exp(-_Z ** 2 / 2) / math.sqrt(2 * math.pi)
-_ZT, _WT = torch.from_numpy(_Z), torch.from_numpy(_W)
 
 CRITICAL_TOL = 1e-3  # |chi_1 - 1| below this: the critical phase
 Q_INF = 1e12  # a forward variance above this is taken as diverging (no finite fixed point)
@@ -63,13 +64,73 @@ def check_inputs(weight_var: float | None, bias_var: float, depth: int | None,
                         f"(the ratio per layer and the depth scale say what happens deeper)")
 
 
-def _act(activation):
-    """An Activation from a name, a spec {name: ..., **args} or an Activation."""
-    if hasattr(activation, "phi"):
+@dataclass(frozen=True)
+class Fns:
+    """What the theory needs of an activation: phi and phi' on float64 numpy arrays, and the
+    nonlinearity (with its parameter) that Kaiming init uses for it."""
+    name: str
+    phi: Callable[[np.ndarray], np.ndarray]
+    dphi: Callable[[np.ndarray], np.ndarray]
+    kaiming: str
+    kaiming_param: float | None = None
+
+
+def _sigmoid(x):
+    return np.exp(-np.logaddexp(0.0, -x))  # = 1/(1+e^-x), without overflow for large -x
+
+
+_erf = np.vectorize(math.erf, otypes=[float])
+_SELU_A, _SELU_S = 1.6732632423543772, 1.0507009873554805
+
+# name -> (resolved arguments -> Fns): numpy twins of vgp.activations' torch phi and dphi
+_NUMPY: dict[str, Callable[..., Fns]] = {
+    "identity": lambda: Fns("identity", lambda x: x, np.ones_like, "linear"),
+    "sigmoid": lambda: Fns("sigmoid", _sigmoid, lambda x: _sigmoid(x) * (1 - _sigmoid(x)), "sigmoid"),
+    "tanh": lambda: Fns("tanh", np.tanh, lambda x: 1 - np.tanh(x) ** 2, "tanh"),
+    "relu": lambda: Fns("relu", lambda x: np.maximum(x, 0.0), lambda x: (x > 0).astype(float), "relu"),
+    "leaky_relu": lambda negative_slope: Fns(
+        "leaky_relu", lambda x: np.where(x > 0, x, negative_slope * x),
+        lambda x: np.where(x > 0, 1.0, negative_slope), "leaky_relu", negative_slope),
+    "elu": lambda alpha: Fns(
+        "elu", lambda x: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
+        lambda x: np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0))), "relu"),
+    "selu": lambda: Fns(
+        "selu", lambda x: _SELU_S * np.where(x > 0, x, _SELU_A * np.expm1(np.minimum(x, 0))),
+        lambda x: _SELU_S * np.where(x > 0, 1.0, _SELU_A * np.exp(np.minimum(x, 0))), "linear"),
+    "gelu": lambda: Fns(
+        "gelu", lambda x: 0.5 * x * (1 + _erf(x / math.sqrt(2))),
+        lambda x: 0.5 * (1 + _erf(x / math.sqrt(2))) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi), "relu"),
+    "silu": lambda: Fns("silu", lambda x: x * _sigmoid(x),
+                        lambda x: _sigmoid(x) * (1 + x * (1 - _sigmoid(x))), "relu"),
+    "softsign": lambda: Fns("softsign", lambda x: x / (1 + np.abs(x)), lambda x: 1 / (1 + np.abs(x)) ** 2, "linear"),
+    # PyTorch's softplus returns x itself above x = 20 (its threshold)
+    "softplus": lambda: Fns("softplus", lambda x: np.where(x > 20, x, np.logaddexp(0.0, np.minimum(x, 20))),
+                            _sigmoid, "relu"),
+}
+
+
+def _from_torch(act) -> Fns:
+    """Fns of a vgp.activations.Activation, through its torch functions (imports torch)."""
+    import torch
+
+    def wrap(f):
+        return lambda x: f(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+
+    return Fns(act.name, wrap(act.phi), wrap(act.dphi), act.kaiming, act.kaiming_param)
+
+
+def _act(activation) -> Fns:
+    """Fns from a name, a spec {name: ..., **args}, an Activation or Fns."""
+    if isinstance(activation, Fns):
         return activation
+    if hasattr(activation, "phi"):  # a vgp.activations.Activation
+        return _from_torch(activation)
     spec = {"name": activation} if isinstance(activation, str) else dict(activation)
     try:
-        return ACTIVATIONS.build(ACTIVATIONS.resolve(spec, "activation"))
+        spec = ACTIVATIONS.resolve(spec, "activation")
+        if spec["name"] in _NUMPY:
+            return _NUMPY[spec["name"]](**{k: v for k, v in spec.items() if k != "name"})
+        return _from_torch(ACTIVATIONS.build(spec))
     except UserError:
         raise
     except Exception as e:  # pragma: no cover - a registry bug, not a user mistake
@@ -90,22 +151,30 @@ def _closed_form(act) -> tuple[float, float] | None:
 
 def gauss(f, q: float) -> float:
     """E[f(sqrt(q) Z)] for Z ~ N(0, 1), f a torch function; Gaussian quadrature in float64."""
-    x = math.sqrt(max(q, 0.0)) * _ZT
-    return float(torch.sum(_WT * (f(x) + f(-x))))
+    import torch
+
+    x = math.sqrt(max(q, 0.0)) * torch.from_numpy(_Z)
+    return float(torch.sum(torch.from_numpy(_W) * (f(x) + f(-x))))
+
+
+def _gauss(f, q: float) -> float:
+    """``gauss`` for f a numpy function (what the theory itself integrates)."""
+    x = math.sqrt(max(q, 0.0)) * _Z
+    return float(_W @ (f(x) + f(-x)))
 
 
 def forward_var(activation, q: float) -> float:
     """E[phi(sqrt(q) Z)^2]."""
     act = _act(activation)
     cf = _closed_form(act)
-    return cf[0] * q if cf else gauss(lambda x: act.phi(x) ** 2, q)
+    return cf[0] * q if cf else _gauss(lambda x: act.phi(x) ** 2, q)
 
 
 def slope_var(activation, q: float) -> float:
     """E[phi'(sqrt(q) Z)^2]."""
     act = _act(activation)
     cf = _closed_form(act)
-    return cf[1] if cf else gauss(lambda x: act.dphi(x) ** 2, q)
+    return cf[1] if cf else _gauss(lambda x: act.dphi(x) ** 2, q)
 
 
 def q_star(activation, weight_var: float, bias_var: float, input_var: float = 1.0, tol: float = 1e-13,
@@ -264,7 +333,7 @@ def _weight_var(init: dict, act, fan_in: int, fan_out: int) -> tuple[float, str 
     if name in ("kaiming_uniform", "kaiming_normal"):
         nl = init.get("nonlinearity") or act.kaiming
         a = act.kaiming_param if act.kaiming_param is not None else 0.01
-        gain2 = torch.nn.init.calculate_gain(nl, a if nl == "leaky_relu" else None) ** 2
+        gain2 = kaiming_gain(nl, a if nl == "leaky_relu" else None) ** 2
         return gain2 * (fan_in / fan_out if init.get("mode") == "fan_out" else 1.0), None
     if name == "orthogonal":  # entries of a semi-orthogonal matrix have variance g^2 / max(fans)
         return g * g * fan_in / max(fan_in, fan_out), None
@@ -278,6 +347,22 @@ def _weight_var(init: dict, act, fan_in: int, fan_out: int) -> tuple[float, str 
         fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[init.get("mode", "fan_in")]
         return init["scale"] * fan_in / fan, None
     raise NotApplicable(f"init '{name}' is not an i.i.d. random init; the mean-field theory does not cover it")
+
+
+def kaiming_gain(nonlinearity: str, param: float | None = None) -> float:
+    """``torch.nn.init.calculate_gain`` for the nonlinearities vgp's Kaiming inits accept, without torch."""
+    if nonlinearity in ("linear", "sigmoid") or nonlinearity.startswith("conv"):
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        slope = 0.01 if param is None else param
+        return math.sqrt(2.0 / (1 + slope ** 2))
+    if nonlinearity == "selu":
+        return 3.0 / 4
+    raise ValueError(f"unsupported nonlinearity {nonlinearity}")
 
 
 def _bias_var(bias: dict, fan_in: int) -> float:

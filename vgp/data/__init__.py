@@ -12,9 +12,9 @@ import warnings
 
 from dataclasses import dataclass, field
 
-import torch
+from vgp.registry import LazyModule, Registry
 
-from vgp.registry import Registry
+torch = LazyModule("torch")  # imported on first use: vgp ls needs no torch
 
 DATASETS = Registry("dataset")
 

@@ -14,10 +14,12 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from vgp.data import DATASETS, Data, Shapes, standardise
 from vgp.errors import DataError, clipped
+from vgp.registry import LazyModule
+
+torch = LazyModule("torch")  # imported on first use: vgp ls needs no torch
 
 DIGITS = 1797  # images in scikit-learn's digits
 # the published sets' sizes, assumed for a set that is to be downloaded

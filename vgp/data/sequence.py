@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from vgp.data import DATASETS, Data, Shapes
 from vgp.data.images import _FILE_SET_RANGES, DIGITS, _mnist_sizes, _torchvision_mnist, digits
+from vgp.registry import LazyModule
+
+torch = LazyModule("torch")  # imported on first use: vgp ls needs no torch
 
 _SIZES = {"n_train": "[1, inf)", "n_test": "[1, inf)"}
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from vgp.data import DATASETS, Data, Shapes, standardise
+from vgp.registry import LazyModule
+
+torch = LazyModule("torch")  # imported on first use: vgp ls needs no torch
 
 _SIZES = {"n_train": "[1, inf)", "n_test": "[1, inf)"}
 
