@@ -7,14 +7,25 @@ taken, so that drift of the machine hits every variant alike. Prints the ratios.
     python scripts/bench_overhead.py                       # 20-layer width-256 tanh MLP, CPU
     python scripts/bench_overhead.py --device cuda --steps 2000
     python scripts/bench_overhead.py --activation gelu     # saturation from phi'(z), not from h
+    python scripts/bench_overhead.py --whole-process       # whole processes: `vgp run` vs a bare script
+
+``--whole-process`` times what a user waits for: a hand-written script (the loop below, with its
+own model and data code, importing only torch) against ``python -m vgp run`` processes, each from
+the start of the interpreter to its exit; the loop's time is what each reports (vgp: ``train_s`` in
+meta.json), the rest is time outside the loop (imports, set-up, checks, the files' finish).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +79,90 @@ def vgp_loop(cfg: config.Config, out: str) -> float:
     return run(cfg, out=out, force=True, quiet=True).summary["train_s"]
 
 
+# The bare process: what a person writes by hand for the same net, data shape, batches and optimizer.
+BARE_SCRIPT = """
+import json, math, sys, time
+t0 = time.perf_counter()
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+depth, width, steps, batch = map(int, sys.argv[1:5])
+act, seed = sys.argv[5], 0
+torch.manual_seed(seed)
+g = torch.Generator().manual_seed(seed)
+x = torch.randn(8192 + 256, 64, generator=g)  # a random teacher's labels, as vgp's 'teacher' set
+y = (torch.tanh(2 * x @ torch.randn(64, 128, generator=g) / 8) @ torch.randn(128, 10, generator=g)).argmax(1)
+x = (x - x[:8192].mean(0)) / x[:8192].std(0)
+x_train, y_train, x_test, y_test = x[:8192], y[:8192], x[8192:], y[8192:]
+layers, fan = [], 64
+for _ in range(depth):
+    layers += [nn.Linear(fan, width), getattr(nn, {"tanh": "Tanh", "relu": "ReLU", "gelu": "GELU"}[act])()]
+    fan = width
+model = nn.Sequential(*layers, nn.Linear(fan, 10))
+for m in model:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_normal_(m.weight)
+        nn.init.zeros_(m.bias)
+opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+order = torch.randperm(8192, generator=g)
+t = time.perf_counter()
+with torch.no_grad():
+    F.cross_entropy(model(x_test), y_test)
+for step in range(steps):
+    i = (step * batch) % (8192 - batch + 1)
+    idx = order[i:i + batch]
+    loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+print(json.dumps({"loop_s": time.perf_counter() - t, "loss": loss.item()}))
+"""
+
+
+def whole_process(args) -> None:
+    """Interleaved whole processes: the bare script, then `vgp run` at each logging setting; medians."""
+    variants = {"bare script": None, "vgp run, every 10th step, all kinds": 10, "vgp run, every step, all kinds": 1}
+    walls = {name: [] for name in variants}
+    loops = {name: [] for name in variants}
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "bare.py").write_text(BARE_SCRIPT)
+        for every in (1, 10):
+            cfg = config.to_dict(make_cfg(args, every))
+            (tmp / f"every{every}.json").write_text(json.dumps(cfg))  # JSON is YAML
+        for rep in range(args.repeats + 1):  # the first round warms the file cache and is not counted
+            for name, every in variants.items():
+                if every is None:
+                    cmd = [sys.executable, str(tmp / "bare.py"), str(args.depth), str(args.width), str(args.steps),
+                           str(args.batch_size), args.activation]
+                else:
+                    cmd = [sys.executable, "-m", "vgp", "run", str(tmp / f"every{every}.json"), "--out",
+                           str(tmp / "runs"), "--force", "--quiet"]
+                t = time.perf_counter()
+                p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
+                wall = time.perf_counter() - t
+                if p.returncode:
+                    raise SystemExit(f"{name} failed:\n{p.stderr}")
+                if every is None:
+                    loop = json.loads(p.stdout.strip().splitlines()[-1])["loop_s"]
+                else:
+                    meta = json.loads((Path(p.stdout.strip().splitlines()[-1]) / "meta.json").read_text())
+                    loop = meta["train_s"]
+                if rep:
+                    walls[name].append(wall)
+                    loops[name].append(loop)
+    base = statistics.median(walls["bare script"])
+    print(f"whole processes: {args.depth}-layer width-{args.width} {args.activation} MLP, batch {args.batch_size}, "
+          f"{args.steps} steps on {args.device}, median of {args.repeats}:")
+    print(f"  {'':38s} {'process s':>9s} {'loop s':>7s} {'outside s':>9s}  vs bare")
+    for name in variants:
+        wall, loop = statistics.median(walls[name]), statistics.median(loops[name])
+        outside = statistics.median(w - l for w, l in zip(walls[name], loops[name]))
+        print(f"  {name:38s} {wall:9.2f} {loop:7.2f} {outside:9.2f}  {wall / base:5.3f}x")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
@@ -78,7 +173,11 @@ def main():
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    p.add_argument("--whole-process", action="store_true",
+                   help="time whole processes: a bare script against `vgp run` (set-up and finish included)")
     args = p.parse_args()
+    if args.whole_process:
+        return whole_process(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = {  # name: config (None: the bare loop)
