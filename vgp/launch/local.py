@@ -140,10 +140,11 @@ def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, orde
     pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
                                initargs=(threads, queue, os.getpid()))
     futures = {pool.submit(_work, c.cfg, runs, retry_failed): c for c in pending}
-    left, done, failed, ran, again, last_write = set(futures), 0, 0, 0, [], 0.0
+    left, done, failed, ran, again = set(futures), 0, 0, 0, []
     try:
         while left:
             finished, left = wait(left, timeout=1.0, return_when=FIRST_COMPLETED)
+            trained = []  # finished here: their rows go into the sweep's summary now (watchable as it runs)
             for fut in finished:
                 cell = futures[fut]
                 try:
@@ -152,6 +153,7 @@ def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, orde
                     outcome = _after_crash(cell, runs)
                 if outcome.status in results.FINISHED:
                     done, ran = done + 1, ran + 1
+                    trained.append(cell.id)
                 elif outcome.status == "done":
                     done += 1
                 elif outcome.status == "failed":
@@ -161,9 +163,8 @@ def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, orde
                 elif outcome.status in ("again",):
                     again.append(cell)
             show(done, min(jobs, len(left)), failed)
-            if finished and time.monotonic() - last_write > 1.0:  # watchable during a long sweep
-                sweepmod.write_summary(sweep_dir, order)
-                last_write = time.monotonic()
+            if trained:
+                sweepmod.add_to_summary(sweep_dir, trained, order)
     except KeyboardInterrupt:
         _interrupt(pool, left)
         raise
