@@ -124,27 +124,33 @@ def title(table: pd.DataFrame) -> str:
     return text
 
 
-def _counts(table: pd.DataFrame, all_counts: bool) -> list[str]:
+def terse_title(table: pd.DataFrame) -> str:
+    """:func:`title`, saying which counts (diverged, failed) are left out because no run had one."""
+    quiet = [c for c in ("diverged", "failed") if c not in counts(table, all_counts=False)]
+    return title(table) + (f"; no run {' or '.join(quiet)}" if quiet else "")
+
+
+def counts(table: pd.DataFrame, all_counts: bool) -> list[str]:
     """'n', and 'diverged' and 'failed' where some run did (always, with ``all_counts``)."""
     return ["n"] + [c for c in ("diverged", "failed") if all_counts or table[c].sum() > 0]
 
 
 def _header(table: pd.DataFrame, all_counts: bool = True) -> list[str]:
-    return list(study.labels(table.attrs.get("by", [])).values()) + _counts(table, all_counts) + \
+    return list(study.labels(table.attrs.get("by", [])).values()) + counts(table, all_counts) + \
         list(table.attrs.get("metrics", []))
 
 
-def _rows(table: pd.DataFrame, all_counts: bool = True) -> list[list[str]]:
+def rows(table: pd.DataFrame, all_counts: bool = True) -> list[list[str]]:
     by, metrics = table.attrs.get("by", []), table.attrs.get("metrics", [])
-    counts = _counts(table, all_counts)
-    return [[study.value_text(row[c]) for c in by] + [str(int(row[c])) for c in counts]
+    shown = counts(table, all_counts)
+    return [[study.value_text(row[c]) for c in by] + [str(int(row[c])) for c in shown]
             + [cell(row, m) for m in metrics] for _, row in table.iterrows()]
 
 
 def markdown(table: pd.DataFrame) -> str:
     """A GitHub-flavoured markdown table, preceded by its title line."""
-    head, rows = _header(table), _rows(table)
-    esc = [[c.replace("|", "\\|") for c in r] for r in [head] + rows]
+    head, body = _header(table), rows(table)
+    esc = [[c.replace("|", "\\|") for c in r] for r in [head] + body]
     widths = [max(len(r[i]) for r in esc) for i in range(len(head))]
     n_keys = len(table.attrs.get("by", []))
 
@@ -162,10 +168,10 @@ def csv_text(table: pd.DataFrame) -> str:
 
 def json_text(table: pd.DataFrame) -> str:
     """{"title", "by", "metrics", "mixed", "rows": [...]} with NaN as null."""
-    rows = json.loads(table.to_json(orient="records", double_precision=15))
+    records = json.loads(table.to_json(orient="records", double_precision=15))
     a = table.attrs
     return json.dumps({"title": title(table), "by": a.get("by", []), "metrics": a.get("metrics", []),
-                       "mixed": a.get("mixed", {}), "rows": rows}, indent=1) + "\n"
+                       "mixed": a.get("mixed", {}), "rows": records}, indent=1) + "\n"
 
 
 def show(table: pd.DataFrame, fmt: str | None = None, file=None) -> None:
@@ -195,17 +201,16 @@ def fitted(table: pd.DataFrame, width: int):
     from rich.measure import Measurement
     from rich.table import Table
 
-    head, rows = _header(table, all_counts=False), _rows(table, all_counts=False)
+    head, body = _header(table, all_counts=False), rows(table, all_counts=False)
     n_keys, n_fixed = len(table.attrs.get("by", [])), len(head) - len(table.attrs.get("metrics", []))
-    quiet = [c for c in ("diverged", "failed") if c not in head]
-    caption = title(table) + (f"; no run {' or '.join(quiet)}" if quiet else "")
+    caption = terse_title(table)
 
     def build(keep: int) -> Table:
         t = Table(title=caption, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True,
                   pad_edge=False, show_edge=False)
         for i, h in enumerate(head[:keep]):
             t.add_column(h, justify="left" if i < n_keys else "right", no_wrap=i >= n_keys, overflow="fold")
-        for r in rows:
+        for r in body:
             t.add_row(*r[:keep])
         return t
 

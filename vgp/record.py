@@ -113,8 +113,9 @@ class GradientRecorder:
         self.activation = activation if isinstance(activation, Activation) else None  # the one for all, if so
         self.match_act = match_act
         self.weights = [t.layer.weight for t in tracked]
-        self.has_bias = [_bias(t.layer) is not None for t in tracked]
-        self.biases = [_bias(t.layer) for t in tracked if _bias(t.layer) is not None]
+        own_biases = [_bias(t.layer) for t in tracked]
+        self.has_bias = [b is not None for b in own_biases]
+        self.biases = [b for b in own_biases if b is not None]
         self.has_act = [t.act is not None and a is not None for t, a in zip(tracked, self.acts)]
         self._outs: list = []  # match_act: layer i's output of this forward pass, until its act sees it
         self._prev = [torch.empty_like(w) for w in self.weights] if self._want_update else []  # W before the step
@@ -273,6 +274,16 @@ class GradientRecorder:
                                   torch.empty(g, shape[0], math.prod(shape[1:]), device=device),
                                   torch.empty(g, shape[0], math.prod(shape[1:]), device=device))
         return self._buffers[key]
+
+    def output_grad_ratio(self, flat: list[float], layers: list[int]) -> float:
+        """output_grad of ``layers[0]`` over that of ``layers[-1]`` (tracked-layer indices), read from
+        ``flat``, an :meth:`after_step` result flattened to a list: inf where only the last is 0, NaN
+        where both are."""
+        start = KINDS.index("output_grad") * len(self.tracked)
+        first, last = flat[start + layers[0]], flat[start + layers[-1]]
+        if last == 0:
+            return math.nan if first == 0 else math.inf
+        return first / last
 
     def after_step(self) -> torch.Tensor:
         """The step's values as a (len(KINDS), L) tensor on the device (NaN where not applicable)."""

@@ -327,15 +327,8 @@ class Recorder:
     def _ratio(self, flat: list[float]) -> float | None:
         """output_grad of the first over the last layer with an activation (of the first over the last
         tracked layer where none has one), at step 0."""
-        n = len(self.tracked)
-        idx = [i for i, a in enumerate(self.activations) if a is not None] or list(range(n))
-        if len(idx) < 2:
-            return None
-        start = KINDS.index("output_grad") * n
-        first, last = flat[start + idx[0]], flat[start + idx[-1]]
-        if last == 0:
-            return math.nan if first == 0 else math.inf
-        return first / last
+        idx = [i for i, a in enumerate(self.activations) if a is not None] or list(range(len(self.tracked)))
+        return self._rec.output_grad_ratio(flat, idx) if len(idx) >= 2 else None
 
     # -- the end -------------------------------------------------------------------------------
     def _finish(self) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vgp import analysis, study
+from vgp import analysis, compare, study
 from vgp.errors import UserError, clipped
 from vgp.results import check_creatable
 
@@ -75,7 +75,7 @@ def html(paths, by: list[str] | None = None, where=(), warn=analysis.warn) -> st
     the page."""
     import jinja2
 
-    from vgp import __version__, compare
+    from vgp import __version__
 
     paths = [Path(p) for p in paths]
     warnings: list[str] = []
@@ -95,7 +95,7 @@ def html(paths, by: list[str] | None = None, where=(), warn=analysis.warn) -> st
         title=_title(paths), paths=[str(p) for p in paths], when=datetime.now().astimezone().strftime(
             "%Y-%m-%d %H:%M %Z"), version=__version__, statuses=_statuses(s), where=list(where),
         axes=_axes(s), declared=s.declared, seeds=_seeds(s), constant=_constant(s), warnings=warnings,
-        comparison=_comparison(table), caption=_caption(table),
+        comparison=_comparison(table), caption=compare.terse_title(table),
         diagnosis=_diagnosis(s, table, diagnoses), diagnoses=diagnoses, figures=figures)
 
 
@@ -140,27 +140,12 @@ def _constant(s: study.Study) -> list[tuple[str, str]]:
 
 # -- the comparison and the diagnosis ------------------------------------------------------------
 
-def _counts(table: pd.DataFrame) -> list[str]:
-    """'n', and 'diverged' and 'failed' where some run did (as `vgp compare` shows them)."""
-    return ["n"] + [c for c in ("diverged", "failed") if table[c].sum() > 0]
-
-
-def _caption(table: pd.DataFrame) -> str:
-    from vgp import compare
-
-    quiet = [c for c in ("diverged", "failed") if c not in _counts(table)]
-    return compare.title(table) + (f"; no run {' or '.join(quiet)}" if quiet else "")
-
-
 def _comparison(table: pd.DataFrame) -> dict:
     """{'by': headers of the grouping columns, 'head': the other headers, 'rows': [(keys, cells)]}."""
-    from vgp import compare
-
-    by, metrics = table.attrs["by"], table.attrs["metrics"]
-    counts = _counts(table)
-    rows = [([study.value_text(row[c]) for c in by], [str(int(row[c])) for c in counts] + [compare.cell(row, m) for m in metrics])
-            for _, row in table.iterrows()]
-    return {"by": list(study.labels(by).values()), "head": counts + list(metrics), "rows": rows}
+    by, k = table.attrs["by"], len(table.attrs["by"])
+    rows = [(r[:k], r[k:]) for r in compare.rows(table, all_counts=False)]  # the cells `vgp compare` prints
+    return {"by": list(study.labels(by).values()), "head": compare.counts(table, all_counts=False)
+            + list(table.attrs["metrics"]), "rows": rows}
 
 
 def _members(s: study.Study, table: pd.DataFrame) -> list[list[int]]:
@@ -188,8 +173,6 @@ def _counted(values: list, n: int) -> list[tuple[str, str]]:
 
 
 def _rate(values) -> str:
-    from vgp import compare
-
     g, gsd = study.gmean_gsd(values)
     return compare.cell({"r_gmean": g, "r_gsd": gsd}, "r")
 

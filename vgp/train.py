@@ -451,10 +451,4 @@ def _grad_ratio(flat: list[float], recorder: GradientRecorder) -> float | None:
     """output_grad of layer 1 over that of the last hidden layer (None without hidden layers, and for
     recurrent nets, whose layers' signal is in time_grads.csv)."""
     hidden = [i for i, t in enumerate(recorder.tracked) if t.output and t.act is not None]
-    if not hidden:
-        return None
-    start = KINDS.index("output_grad") * len(recorder.tracked)
-    first, last = flat[start + hidden[0]], flat[start + hidden[-1]]
-    if last == 0:
-        return math.nan if first == 0 else math.inf
-    return first / last
+    return recorder.output_grad_ratio(flat, hidden) if hidden else None
