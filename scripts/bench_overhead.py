@@ -56,14 +56,20 @@ def bare(cfg: config.Config) -> float:
     torch.manual_seed(cfg.seed)
     d = datasets.load(cfg.data, cfg.seed).to(device)
     model, _ = build_model(cfg.model, d)
-    model.to(device).train()
+    return timed_steps(model.to(device), F.cross_entropy, d, cfg, device)
+
+
+def timed_steps(model, criterion, d, cfg: config.Config, device) -> float:
+    """Seconds of a hand-written loop: an evaluation (vgp evaluates at step 0 too), then
+    cfg.train.steps steps of forward, backward and the config's optimizer on vgp's batch order."""
     opt = OPTIMIZERS.build(cfg.train.optimizer, list(model.parameters()))
     it = batches(len(d.x_train), cfg.train.batch_size, cfg.seed, device)
     t = time.perf_counter()
-    evaluate(model, d.x_test, d.y_test, d.task)  # vgp evaluates at step 0 too
+    evaluate(model, d.x_test, d.y_test, d.task)
+    model.train()
     for _ in range(cfg.train.steps):
         idx = next(it)
-        loss = F.cross_entropy(model(d.x_train[idx]), d.y_train[idx])
+        loss = criterion(model(d.x_train[idx]), d.y_train[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

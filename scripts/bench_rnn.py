@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 
 import torch
 from torch import nn
 
 from vgp import config, data as datasets
 from vgp.models.rnn import RecurrentNet
-from vgp.optim import OPTIMIZERS
-from vgp.train import batches, evaluate, loss_fn, run
+from vgp.train import loss_fn, run
+
+from bench_overhead import timed_steps  # scripts/ is on the path of a script run from it
 
 FUSED = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -55,23 +55,7 @@ def bare(cfg: config.Config) -> float:
     torch.manual_seed(cfg.seed)
     d = datasets.load(cfg.data, cfg.seed).to(device)
     model = Bare(cfg.model.arch, d.shape[-1], cfg.model.width, cfg.model.depth, d.num_outputs).to(device)
-    opt = OPTIMIZERS.build(cfg.train.optimizer, list(model.parameters()))
-    criterion = loss_fn(d.task)
-    it = batches(len(d.x_train), cfg.train.batch_size, cfg.seed, device)
-    t = time.perf_counter()
-    evaluate(model, d.x_test, d.y_test, d.task)  # vgp evaluates at step 0 too
-    model.train()
-    for _ in range(cfg.train.steps):
-        idx = next(it)
-        loss = criterion(model(d.x_train[idx]), d.y_train[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    final = loss.item()  # one synchronisation at the end, as any loop has
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    assert final == final
-    return time.perf_counter() - t
+    return timed_steps(model, loss_fn(d.task), d, cfg, device)
 
 
 def vgp_loop(cfg: config.Config, out: str, fused: bool) -> float:
