@@ -8,11 +8,14 @@ taken, so that drift of the machine hits every variant alike. Prints the ratios.
     python scripts/bench_overhead.py --device cuda --steps 2000
     python scripts/bench_overhead.py --activation gelu     # saturation from phi'(z), not from h
     python scripts/bench_overhead.py --whole-process       # whole processes: `vgp run` vs a bare script
+    python scripts/bench_overhead.py --whole-process --busy 1 --steps 100   # ... beside another job
 
 ``--whole-process`` times what a user waits for: a hand-written script (the loop below, with its
 own model and data code, importing only torch) against ``python -m vgp run`` processes, each from
 the start of the interpreter to its exit; the loop's time is what each reports (vgp: ``train_s`` in
 meta.json), the rest is time outside the loop (imports, set-up, checks, the files' finish).
+``--busy N`` keeps N other processes busy meanwhile (a plain Python loop each: "a run beside
+another job"), and adds the bare script with ``OMP_WAIT_POLICY=PASSIVE``, which `vgp run` sets.
 """
 
 from __future__ import annotations
@@ -129,9 +132,23 @@ print(json.dumps({"loop_s": time.perf_counter() - t, "loss": loss.item()}))
 def whole_process(args) -> None:
     """Interleaved whole processes: the bare script, then `vgp run` at each logging setting; medians."""
     variants = {"bare script": None, "vgp run, every 10th step, all kinds": 10, "vgp run, every step, all kinds": 1}
+    if args.busy:
+        variants = {"bare script": None, "bare script, OMP_WAIT_POLICY=PASSIVE": None,
+                    **{k: v for k, v in variants.items() if v is not None}}
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        _whole_process(args, variants)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+
+
+def _whole_process(args, variants: dict) -> None:
     walls = {name: [] for name in variants}
     loops = {name: [] for name in variants}
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # PyTorch's default, unless named
+    env.update({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "bare.py").write_text(BARE_SCRIPT)
@@ -140,6 +157,7 @@ def whole_process(args) -> None:
             (tmp / f"every{every}.json").write_text(json.dumps(cfg))  # JSON is YAML
         for rep in range(args.repeats + 1):  # the first round warms the file cache and is not counted
             for name, every in variants.items():
+                run_env = env if "PASSIVE" not in name else {**env, "OMP_WAIT_POLICY": "PASSIVE"}
                 if every is None:
                     cmd = [sys.executable, str(tmp / "bare.py"), str(args.depth), str(args.width), str(args.steps),
                            str(args.batch_size), args.activation]
@@ -147,7 +165,7 @@ def whole_process(args) -> None:
                     cmd = [sys.executable, "-m", "vgp", "run", str(tmp / f"every{every}.json"), "--out",
                            str(tmp / "runs"), "--force", "--quiet"]
                 t = time.perf_counter()
-                p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
+                p = subprocess.run(cmd, capture_output=True, text=True, env=run_env, cwd=tmp)
                 wall = time.perf_counter() - t
                 if p.returncode:
                     raise SystemExit(f"{name} failed:\n{p.stderr}")
@@ -161,7 +179,8 @@ def whole_process(args) -> None:
                     loops[name].append(loop)
     base = statistics.median(walls["bare script"])
     print(f"whole processes: {args.depth}-layer width-{args.width} {args.activation} MLP, batch {args.batch_size}, "
-          f"{args.steps} steps on {args.device}, median of {args.repeats}:")
+          f"{args.steps} steps on {args.device}, median of {args.repeats}"
+          f"{f', beside {args.busy} busy process(es)' if args.busy else ''}:")
     print(f"  {'':38s} {'process s':>9s} {'loop s':>7s} {'outside s':>9s}  vs bare")
     for name in variants:
         wall, loop = statistics.median(walls[name]), statistics.median(loops[name])
@@ -181,6 +200,8 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     p.add_argument("--whole-process", action="store_true",
                    help="time whole processes: a bare script against `vgp run` (set-up and finish included)")
+    p.add_argument("--busy", type=int, default=0,
+                   help="--whole-process: keep N other processes busy meanwhile (a run beside another job)")
     args = p.parse_args()
     if args.whole_process:
         return whole_process(args)
