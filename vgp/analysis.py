@@ -531,6 +531,7 @@ def setup(cfg: dict) -> dict:
     lr = opt.get("lr")
     return {"arch": arch, "activation": act, "init": _name(m.get("init")), "bias_init": _name(m.get("bias_init")),
             "norm": m.get("norm") or "none", "skip": bool(m.get("skip")),
+            "residual_scale": m.get("residual_scale") or "none",
             "recurrent_init": _name(m.get("recurrent_init")), "forget_bias": m.get("forget_bias"),
             "clip": clip.get("mode") or "none", "max_norm": clip.get("max_norm"),
             "lr": lr if isinstance(lr, (int, float)) else None,
@@ -602,6 +603,21 @@ def _fixes_exploding(s: dict, through_time: bool) -> tuple[str, list[str]]:
         lower = (f"a lower weight variance (model.init={'kaiming_normal' if he else 'xavier_normal'}, "
                  "or the critical one: vgp theory CONFIG --critical)")
     return "gradients grow layer by layer", [lower] + clip_fix
+
+
+def construction_notes(s: dict) -> list[str]:
+    """What a research fix does to the first steps' gradients by construction, so that zeros it makes
+    are not read as vanishing gradients (``s``: :func:`setup`)."""
+    notes = []
+    if s["residual_scale"] == "rezero" and s["arch"] in ("mlp", "resnet"):
+        notes.append("model.residual_scale=rezero: output_grad is taken at each block's output (the residual "
+                     "stream); at step 0 every branch's scalar a is 0, so the branches' weights get exactly zero "
+                     "gradient by construction, not because it vanished")
+    if s["init"] == "fixup":
+        notes.append("model.init=fixup: the classifier and each branch's last conv start at zero, so at step 0 no "
+                     "gradient reaches below the classifier (and at step 1 none reaches the branches' first convs): "
+                     "zero by construction, not vanishing; step 0 is not judged")
+    return notes
 
 
 def advice(d: dict, cfg: dict) -> str:
@@ -695,6 +711,10 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
         per_step[name] = {"depth": st, "time": ts, "blocks": bs, "verdict": combine(axes)}
     s = setup(run.config)
     m = run.config.get("model") or {}
+    first_depth = per_step["first"]["depth"]
+    if s["init"] == "fixup" and first == 0 and first_depth and per_step["first"]["verdict"] == "vanishing" \
+            and (layer_norms(g, 0).iloc[:-1] == 0).all():  # zero by construction (construction_notes)
+        first_depth["verdict"] = per_step["first"]["verdict"] = "unknown"
     evidence = loss_evidence(run.metrics, th)
     for kind in ("saturation", "dead"):
         evidence[f"{kind}_first"] = _act_mean(g, first, kind)
@@ -722,6 +742,7 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
         "predicted_decay_per_layer": theory.get("predicted_decay_per_layer", math.nan),
         "steps": {"first": per_step["first"], "last": per_step["last"]},
         "time": times0 or None, "evidence": evidence, "theory": theory, "thresholds": asdict(th),
+        "notes": construction_notes(s),
     }
     out["advice"] = advice(out, run.config)
     return out
@@ -823,6 +844,7 @@ def report(d: dict) -> str:
                      f"per layer vs measured {_num(d['decay_per_layer'], 1)}" + "".join(f"; {n}" for n in t["notes"]))
     else:
         lines.append(f"  theory: does not apply ({t.get('reason')})")
+    lines += [f"  note: {n}" for n in d.get("notes") or []]
     loss = (f"  loss {_num(ev['loss_first'])} -> {_num(ev['loss_last'])}"
             + (" [bold]stalled[/bold]" if ev["stalled"] else "") + (" [bold red]diverged[/]" if ev["diverged"] else ""))
     sat = (f"; saturated units {_fmt(ev['saturation_first'], '.0%')} -> {_fmt(ev['saturation_last'], '.0%')}, "
