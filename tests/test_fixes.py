@@ -123,14 +123,15 @@ def _resnet56(init, seed, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fixup_resnet_without_norm_trains_where_default_init_does_not(tmp_path, seed):
-    # measured over seeds 0-4 (README): fixup ends at loss 0.15-0.26, the default init stays at 2.29-2.31
+def test_fixup_resnet_without_norm_trains_where_he_init_does_not(tmp_path, seed):
+    # measured over seeds 0-4, 100 steps: fixup ends at loss 0.13-0.26 (1.18 for seed 3), test accuracy
+    # 0.92-0.96; He init (the ResNet paper's) diverges at every seed; PyTorch's default init stays at
+    # chance (2.29-2.31) for seeds 0, 1 and 3 but trains for 2 (1.72) and 4 (0.32): seed-dependent, not tested
     fixup, first = _resnet56("fixup", seed, tmp_path)
     assert fixup.status == "completed" and fixup.summary["final_loss"] < 0.3 * first
     assert fixup.summary["final_test_acc"] > 0.8
-    default, first = _resnet56("default", seed, tmp_path)
-    assert default.summary["final_loss"] > 0.9 * first  # ln 10 = 2.30: chance
-    assert default.summary["final_test_acc"] < 0.2
+    he, _ = _resnet56("kaiming_normal", seed, tmp_path)
+    assert he.status == "diverged"
 
 
 # -- LSUV ----------------------------------------------------------------------------------------------
@@ -269,3 +270,29 @@ def test_validation_names_the_key_and_what_is_valid(over, key, says):
     with pytest.raises(ConfigError) as e:
         config.from_dict(tiny(**over))
     assert key in str(e.value) and says in str(e.value)
+
+
+# -- what vgp diagnose says about zeros a fix makes ------------------------------------------------------
+
+def test_diagnose_does_not_call_fixups_zeros_vanishing(tmp_path):
+    from vgp import analysis
+
+    cfg = config.from_dict(tiny(model__arch="resnet", model__depth=8, model__width=4, model__activation="relu",
+                                model__skip=True, model__norm="none", model__init="fixup", data="digits",
+                                train__batch_size=16, train__steps=3))
+    res = train.run(cfg, out=tmp_path, quiet=True)
+    g = pd.read_csv(res.folder / "grad_norms.csv")
+    hidden = g[(g.step == 0) & (g.kind == "output_grad") & (g.name != "out")].value
+    assert (hidden == 0).all()  # the zero classifier: nothing below it at step 0
+    d = analysis.diagnose(res.folder)
+    assert d["verdict"] == "unknown" and res.summary["verdict"] == "unknown"
+    text = analysis.report(d)
+    assert "by construction" in text and "underflowed" not in text and "fixup" in text
+
+
+def test_diagnose_notes_rezero(tmp_path):
+    from vgp import analysis
+
+    res = train.run(_rezero_100(model__depth=6), out=tmp_path, quiet=True)
+    d = analysis.diagnose(res.folder)
+    assert d["verdict"] == "healthy" and any("residual stream" in n for n in d["notes"])

@@ -657,7 +657,7 @@ def advice(d: dict, cfg: dict) -> str:
         fixes = []
         if s["activation"] in ("relu", ""):
             fixes.append("leaky_relu or elu (model.activation=leaky_relu)")
-        if not s["init"].startswith("kaiming") or s["bias_init"] not in ("zeros",):
+        if s["init"] != "fixup" and (not s["init"].startswith("kaiming") or s["bias_init"] not in ("zeros",)):
             fixes.append("He init with zero biases (model.init=kaiming_normal model.bias_init=zeros)")
         if not (dead[1] <= dead[0]):  # more died during training (or step 0 unknown): the steps are too large
             fixes.insert(0, lower_lr)
@@ -715,6 +715,7 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
     if s["init"] == "fixup" and first == 0 and first_depth and per_step["first"]["verdict"] == "vanishing" \
             and (layer_norms(g, 0).iloc[:-1] == 0).all():  # zero by construction (construction_notes)
         first_depth["verdict"] = per_step["first"]["verdict"] = "unknown"
+        first_depth["by_construction"] = True
     evidence = loss_evidence(run.metrics, th)
     for kind in ("saturation", "dead"):
         evidence[f"{kind}_first"] = _act_mean(g, first, kind)
@@ -828,7 +829,8 @@ def report(d: dict) -> str:
                 f"  step {s['step']}: output_grad {_rate(s['decay_per_layer'], 'layer')} toward the input "
                 f"-> x{_num(s['compounded'], *sides)} over {s['layers'] - 1} layers ({s['verdict']}); layer 1 / "
                 f"output layer {_num(s['first_over_output'])}" + _band(s, th, "layer", "layer")
-                + (f"; {s['zeros']} layer(s) underflowed to 0" if s["zeros"] else "")
+                + (f"; {s['zeros']} layer(s) 0 by construction (see the note)" if s.get("by_construction") else
+                   f"; {s['zeros']} layer(s) underflowed to 0" if s["zeros"] else "")
                 + (f"; {s['nonfinite']} non-finite" if s["nonfinite"] else ""))
         if d["steps"][name].get("blocks"):
             lines.append(blocks.describe(d["steps"][name]["blocks"], th, lambda x, *sides: _num(x, *sides)))

@@ -290,8 +290,9 @@ def _check_fixes(m: ModelConfig, bad) -> None:
         bad("model.residual_scale", f"deepnorm is for the transformer only (post-LN); a {m.arch} takes none or "
                                     f"rezero (rezero needs model.skip=true)")
     if m.residual_scale == "rezero" and m.arch in ("mlp", "resnet") and not m.skip:
-        bad("model.residual_scale", f"rezero scales residual branches, and a {m.arch} with model.skip=false has "
-                                    f"none: set model.skip=true (or model.residual_scale=none)")
+        bad("model.residual_scale", f"rezero scales residual branches, and a{'n' if m.arch == 'mlp' else ''} "
+                                    f"{m.arch} with model.skip=false has none: set model.skip=true (or "
+                                    f"model.residual_scale=none)")
     if m.residual_scale != "none" and m.arch in ("rnn", "lstm", "gru"):
         bad("model.residual_scale", f"{m.arch} has no residual branches (valid: none)")
     init = m.init["name"]
