@@ -265,6 +265,8 @@ def test_missing_library_is_named_with_its_install_command(monkeypatch):
       "data": {"name": "adding", "seq_len": 5}}, "model.recurrent_init", "orthogonal"),
     ({"model__arch": "gru", "model__residual_scale": "rezero", "data": {"name": "adding", "seq_len": 5}},
      "model.residual_scale", "valid: none"),
+    ({"train__optimizer": {"name": "lars", "momentum": 0.0, "nesterov": True}}, "train.optimizer",
+     "needs a momentum > 0"),
 ])
 def test_validation_names_the_key_and_what_is_valid(over, key, says):
     with pytest.raises(ConfigError) as e:

@@ -86,11 +86,11 @@ def lamb(params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-
 
 
 @OPTIMIZERS.register("lars", "You et al. 2017: SGD with momentum, each weight's step scaled by trust_coefficient "
-                             "||W|| / (||g|| + weight_decay ||W||) (pytorch-optimizer's LARS; biases and "
-                             "scalars plain SGD)",
+                             "||W|| / (||g|| + weight_decay ||W||), so lr 1 moves a weight by about 1/1000 of its "
+                             "norm (pytorch-optimizer's LARS; biases and scalars plain SGD)",
                      ranges={"lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)",
-                             "trust_coefficient": "(0, inf)"}, rule=_installed)
-def lars(params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0, trust_coefficient: float = 1e-3,
+                             "trust_coefficient": "(0, inf)"}, rule=lambda args: _installed(args) or _nesterov(args))
+def lars(params, lr: float = 1.0, momentum: float = 0.9, weight_decay: float = 0.0, trust_coefficient: float = 1e-3,
          nesterov: bool = False):
     return _library().LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            trust_coefficient=trust_coefficient, nesterov=nesterov)
