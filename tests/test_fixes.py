@@ -298,3 +298,86 @@ def test_diagnose_notes_rezero(tmp_path):
     res = train.run(_rezero_100(model__depth=6), out=tmp_path, quiet=True)
     d = analysis.diagnose(res.folder)
     assert d["verdict"] == "healthy" and any("residual stream" in n for n in d["notes"])
+
+
+# -- whatever validates runs, with the fixes drawn in -------------------------------------------------
+
+def _draw_fix(rng, i: int) -> dict:
+    """A small mlp or resnet near the edges of what the fixes accept (tiny widths, a batch of one, norms
+    they exclude), with one of each fix's values."""
+    arch = rng.choice(["mlp", "mlp", "resnet", "rnn"])
+    data = {"rnn": {"name": "adding", "seq_len": 4, "n_train": 16, "n_test": 4},
+            "resnet": {"name": "digits", "n_test": 20}}.get(arch, rng.choice(
+                [{"name": "teacher", "dim": rng.choice([1, 8]), "classes": 3, "n_train": 16, "n_test": 4},
+                 {"name": "digits", "n_test": 20}]))
+    fixup = arch == "resnet" and rng.random() < 0.5
+    rare = rng.random() < 0.15  # a value this net does not take
+    return {
+        "name": f"f{i}", "seed": i, "device": "cpu", "data": data,
+        "model": {"arch": arch, "depth": rng.choice([0, 1, 3]) if arch == "mlp" else rng.choice([1, 2]) if arch == "rnn"
+                  else rng.choice([8, 14]),
+                  "width": rng.choice([1, 2, 5]), "activation": rng.choice(["relu", "tanh", "selu", "sigmoid"]),
+                  "init": "fixup" if fixup or (rare and arch != "resnet") else
+                  rng.choice([{"name": "lsuv", "tol": 0.1, "max_iter": 3}, "default"]),
+                  "bias_init": rng.choice(["default", "default", "default", "zeros"]),
+                  "norm": "none" if arch == "rnn" or (fixup and not rare) else rng.choice(["none", "batchnorm"]),
+                  "skip": arch != "rnn" and rng.random() < 0.9,
+                  "residual_scale": ("deepnorm" if rare else "none" if arch == "rnn" or fixup
+                                     else rng.choice(["none", "rezero"])),
+                  "recurrent_init": "lsuv" if rare and arch == "rnn" else "default"},
+        "train": {"steps": rng.choice([1, 3]), "batch_size": rng.choice([1, 2, 8]), "eval_every": 2,
+                  "optimizer": rng.choice([{"name": "lamb", "lr": 0.01}, {"name": "lars", "lr": 1.0},
+                                           {"name": "lars", "momentum": 0.0}, {"name": "sgd", "lr": 0.05}])},
+        "log": {"every": 1},
+    }
+
+
+@pytest.mark.slow
+def test_fixes_that_validate_run(tmp_path):
+    # as test_validate_runs: what validates must train (completed or diverged, a finite first loss); what
+    # does not is one line naming the key, and leaves no folder
+    import random
+
+    rng = random.Random(2000)
+    accepted, rejected, ran = 0, 0, set()
+    for i in range(60):
+        raw = _draw_fix(rng, i)
+        try:
+            cfg = config.from_dict(raw, source="fuzz.yaml")
+        except ConfigError as e:
+            assert str(e).startswith("fuzz.yaml") and "\n" not in str(e), str(e)
+            rejected += 1
+            continue
+        accepted += 1
+        m = cfg.model
+        ran |= {m.init["name"], m.residual_scale, cfg.train.optimizer["name"]}
+        try:
+            res = train.run(cfg, out=tmp_path, quiet=True)
+        except Exception as e:  # noqa: BLE001 - a config that validated must run
+            pytest.fail(f"validated but failed to run: {raw}\n{type(e).__name__}: {e}")
+        assert res.status in ("completed", "diverged"), raw
+        first = (res.folder / "metrics.csv").read_text().splitlines()[1].split(",")[1]
+        assert first not in ("", "nan", "inf", "-inf"), (raw, first)
+    assert accepted >= 5 and rejected >= 5, (accepted, rejected)
+    assert {"fixup", "lsuv", "rezero", "lamb", "lars"} <= ran, ran  # every fix was run
+    assert len({p.name for p in tmp_path.iterdir()}) == accepted
+
+
+def test_vgp_imports_and_validates_without_the_optimizer_library():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys; sys.modules['pytorch_optimizer'] = None\n"  # import pytorch_optimizer now fails
+            "import vgp, vgp.optim, vgp.train\n"
+            "from vgp import config\n"
+            "config.from_dict({'model': {'depth': 2, 'width': 4}, 'train': {'batch_size': 8}})\n"
+            "from vgp.optim import OPTIMIZERS\n"
+            "try:\n"
+            "    OPTIMIZERS.build(OPTIMIZERS.resolve({'name': 'lamb'}, 'train.optimizer'), [])\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__, e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "pytorch-optimizer" in r.stdout and "pip install 'vgp[optim]'" in r.stdout

@@ -286,15 +286,15 @@ def _check(cfg: Config, label) -> None:
 
 def _check_fixes(m: ModelConfig, bad) -> None:
     """The research fixes each need the net they were designed for (``bad(key, message)`` raises)."""
+    if m.residual_scale != "none" and m.arch in ("rnn", "lstm", "gru"):
+        bad("model.residual_scale", f"{m.arch} has no residual branches (valid: none)")
     if m.residual_scale == "deepnorm" and m.arch != "transformer":
-        bad("model.residual_scale", f"deepnorm is for the transformer only (post-LN); a {m.arch} takes none or "
-                                    f"rezero (rezero needs model.skip=true)")
+        bad("model.residual_scale", f"deepnorm is for the transformer only (post-LN); a{'n' if m.arch == 'mlp' else ''} "
+                                    f"{m.arch} takes none or rezero (rezero needs model.skip=true)")
     if m.residual_scale == "rezero" and m.arch in ("mlp", "resnet") and not m.skip:
         bad("model.residual_scale", f"rezero scales residual branches, and a{'n' if m.arch == 'mlp' else ''} "
                                     f"{m.arch} with model.skip=false has none: set model.skip=true (or "
                                     f"model.residual_scale=none)")
-    if m.residual_scale != "none" and m.arch in ("rnn", "lstm", "gru"):
-        bad("model.residual_scale", f"{m.arch} has no residual branches (valid: none)")
     init = m.init["name"]
     if init == "fixup":
         where = ("a resnet" if m.arch != "resnet" else "skip: true" if not m.skip else
@@ -309,8 +309,8 @@ def _check_fixes(m: ModelConfig, bad) -> None:
             bad("model.bias_init", "fixup sets every bias itself (scalar biases 0, the classifier's bias 0): leave "
                                    "model.bias_init at default with model.init=fixup")
     if init == "lsuv" and m.arch not in ("mlp", "resnet"):
-        bad("model.init", f"lsuv (Mishkin & Matas 2016) scales feed-forward layers one after another; a {m.arch} "
-                          f"is not supported (valid archs: mlp, resnet)")
+        bad("model.init", f"lsuv (Mishkin & Matas 2016) scales feed-forward layers one after another; "
+                          f"model.arch={m.arch} is not supported (valid archs: mlp, resnet)")
     if m.recurrent_init["name"] in ("fixup", "lsuv"):
         bad("model.recurrent_init", f"{m.recurrent_init['name']} is a whole-net init of model.init, not one for "
                                     f"recurrent weights (e.g. orthogonal, identity)")
