@@ -531,6 +531,7 @@ def setup(cfg: dict) -> dict:
     lr = opt.get("lr")
     return {"arch": arch, "activation": act, "init": _name(m.get("init")), "bias_init": _name(m.get("bias_init")),
             "norm": m.get("norm") or "none", "skip": bool(m.get("skip")),
+            "residual_scale": m.get("residual_scale") or "none",
             "recurrent_init": _name(m.get("recurrent_init")), "forget_bias": m.get("forget_bias"),
             "clip": clip.get("mode") or "none", "max_norm": clip.get("max_norm"),
             "lr": lr if isinstance(lr, (int, float)) else None,
@@ -604,6 +605,21 @@ def _fixes_exploding(s: dict, through_time: bool) -> tuple[str, list[str]]:
     return "gradients grow layer by layer", [lower] + clip_fix
 
 
+def construction_notes(s: dict) -> list[str]:
+    """What a research fix does to the first steps' gradients by construction, so that zeros it makes
+    are not read as vanishing gradients (``s``: :func:`setup`)."""
+    notes = []
+    if s["residual_scale"] == "rezero" and s["arch"] in ("mlp", "resnet"):
+        notes.append("model.residual_scale=rezero: output_grad is taken at each block's output (the residual "
+                     "stream); at step 0 every branch's scalar a is 0, so the branches' weights get exactly zero "
+                     "gradient by construction, not because it vanished")
+    if s["init"] == "fixup":
+        notes.append("model.init=fixup: the classifier and each branch's last conv start at zero, so at step 0 no "
+                     "gradient reaches below the classifier (and at step 1 none reaches the branches' first convs): "
+                     "zero by construction, not vanishing; step 0 is not judged")
+    return notes
+
+
 def advice(d: dict, cfg: dict) -> str:
     """One line of advice from both verdicts, the evidence (divergence, dead and saturated units, a
     stalled loss) and the config: never a change the config already has."""
@@ -641,7 +657,7 @@ def advice(d: dict, cfg: dict) -> str:
         fixes = []
         if s["activation"] in ("relu", ""):
             fixes.append("leaky_relu or elu (model.activation=leaky_relu)")
-        if not s["init"].startswith("kaiming") or s["bias_init"] not in ("zeros",):
+        if s["init"] != "fixup" and (not s["init"].startswith("kaiming") or s["bias_init"] not in ("zeros",)):
             fixes.append("He init with zero biases (model.init=kaiming_normal model.bias_init=zeros)")
         if not (dead[1] <= dead[0]):  # more died during training (or step 0 unknown): the steps are too large
             fixes.insert(0, lower_lr)
@@ -695,6 +711,11 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
         per_step[name] = {"depth": st, "time": ts, "blocks": bs, "verdict": combine(axes)}
     s = setup(run.config)
     m = run.config.get("model") or {}
+    first_depth = per_step["first"]["depth"]
+    if s["init"] == "fixup" and first == 0 and first_depth and per_step["first"]["verdict"] == "vanishing" \
+            and (layer_norms(g, 0).iloc[:-1] == 0).all():  # zero by construction (construction_notes)
+        first_depth["verdict"] = per_step["first"]["verdict"] = "unknown"
+        first_depth["by_construction"] = True
     evidence = loss_evidence(run.metrics, th)
     for kind in ("saturation", "dead"):
         evidence[f"{kind}_first"] = _act_mean(g, first, kind)
@@ -722,6 +743,7 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
         "predicted_decay_per_layer": theory.get("predicted_decay_per_layer", math.nan),
         "steps": {"first": per_step["first"], "last": per_step["last"]},
         "time": times0 or None, "evidence": evidence, "theory": theory, "thresholds": asdict(th),
+        "notes": construction_notes(s),
     }
     out["advice"] = advice(out, run.config)
     return out
@@ -807,7 +829,8 @@ def report(d: dict) -> str:
                 f"  step {s['step']}: output_grad {_rate(s['decay_per_layer'], 'layer')} toward the input "
                 f"-> x{_num(s['compounded'], *sides)} over {s['layers'] - 1} layers ({s['verdict']}); layer 1 / "
                 f"output layer {_num(s['first_over_output'])}" + _band(s, th, "layer", "layer")
-                + (f"; {s['zeros']} layer(s) underflowed to 0" if s["zeros"] else "")
+                + (f"; {s['zeros']} layer(s) 0 by construction (see the note)" if s.get("by_construction") else
+                   f"; {s['zeros']} layer(s) underflowed to 0" if s["zeros"] else "")
                 + (f"; {s['nonfinite']} non-finite" if s["nonfinite"] else ""))
         if d["steps"][name].get("blocks"):
             lines.append(blocks.describe(d["steps"][name]["blocks"], th, lambda x, *sides: _num(x, *sides)))
@@ -823,6 +846,7 @@ def report(d: dict) -> str:
                      f"per layer vs measured {_num(d['decay_per_layer'], 1)}" + "".join(f"; {n}" for n in t["notes"]))
     else:
         lines.append(f"  theory: does not apply ({t.get('reason')})")
+    lines += [f"  note: {n}" for n in d.get("notes") or []]
     loss = (f"  loss {_num(ev['loss_first'])} -> {_num(ev['loss_last'])}"
             + (" [bold]stalled[/bold]" if ev["stalled"] else "") + (" [bold red]diverged[/]" if ev["diverged"] else ""))
     sat = (f"; saturated units {_fmt(ev['saturation_first'], '.0%')} -> {_fmt(ev['saturation_last'], '.0%')}, "

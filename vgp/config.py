@@ -74,6 +74,11 @@ class ModelConfig:
                    archs=("mlp", "resnet"))
     skip: bool = _f(False, "residual connection around every hidden block whose input and output widths match "
                            "(resnet: the ResNet; false: the plain net)", archs=("mlp", "resnet"))
+    residual_scale: str = _f("none", "scaling of each residual branch: none; rezero: x + a*F(x), a learnable scalar a "
+                                     "initialised to 0 (ReZero, Bachlechner et al. 2021; SkipInit, De & Smith 2020); "
+                                     "deepnorm: post-LN x*alpha + F(x) with branch weights scaled by beta (Wang et al. "
+                                     "2022, transformer only)", choices=["none", "rezero", "deepnorm"],
+                             archs=("mlp", "resnet", "transformer"))
     recurrent_init: Any = _f("default", "rnn/lstm/gru: init of the hidden-to-hidden weights, per gate "
                                         "(e.g. orthogonal, identity for the IRNN)", spec="inits",
                          archs=("rnn", "lstm", "gru"))
@@ -276,6 +281,39 @@ def _check(cfg: Config, label) -> None:
                 f"{m.arch} takes neither a norm nor skips (norm: none, skip: false)")
         if m.depth < 1:
             bad("model.depth", f"{m.arch} needs at least 1 layer, got {m.depth}")
+    _check_fixes(m, bad)
+
+
+def _check_fixes(m: ModelConfig, bad) -> None:
+    """The research fixes each need the net they were designed for (``bad(key, message)`` raises)."""
+    if m.residual_scale != "none" and m.arch in ("rnn", "lstm", "gru"):
+        bad("model.residual_scale", f"{m.arch} has no residual branches (valid: none)")
+    if m.residual_scale == "deepnorm" and m.arch != "transformer":
+        bad("model.residual_scale", f"deepnorm is for the transformer only (post-LN); a{'n' if m.arch == 'mlp' else ''} "
+                                    f"{m.arch} takes none or rezero (rezero needs model.skip=true)")
+    if m.residual_scale == "rezero" and m.arch in ("mlp", "resnet") and not m.skip:
+        bad("model.residual_scale", f"rezero scales residual branches, and a{'n' if m.arch == 'mlp' else ''} "
+                                    f"{m.arch} with model.skip=false has none: set model.skip=true (or "
+                                    f"model.residual_scale=none)")
+    init = m.init["name"]
+    if init == "fixup":
+        where = ("a resnet" if m.arch != "resnet" else "skip: true" if not m.skip else
+                 "norm: none" if m.norm != "none" else None)
+        if where:
+            bad("model.init", f"fixup (Zhang et al. 2019) replaces normalisation in a residual net: it needs "
+                              f"model.arch=resnet, model.skip=true and model.norm=none (this config lacks {where})")
+        if m.residual_scale != "none":
+            bad("model.residual_scale", "fixup already has a scalar multiplier per branch (initialised to 1, its "
+                                        "branch's last conv to 0): use model.residual_scale=none with model.init=fixup")
+        if m.bias_init["name"] != "default":
+            bad("model.bias_init", "fixup sets every bias itself (scalar biases 0, the classifier's bias 0): leave "
+                                   "model.bias_init at default with model.init=fixup")
+    if init == "lsuv" and m.arch not in ("mlp", "resnet"):
+        bad("model.init", f"lsuv (Mishkin & Matas 2016) scales feed-forward layers one after another; "
+                          f"model.arch={m.arch} is not supported (valid archs: mlp, resnet)")
+    if m.recurrent_init["name"] in ("fixup", "lsuv"):
+        bad("model.recurrent_init", f"{m.recurrent_init['name']} is a whole-net init of model.init, not one for "
+                                    f"recurrent weights (e.g. orthogonal, identity)")
 
 
 def _labeller(source: str, pairs: list[tuple[str, Any]], texts: list[str] | None):

@@ -140,6 +140,78 @@ def variance_scaling(w, ctx, scale: float = 1.0, mode: str = "fan_in", distribut
             nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std)
 
 
+@INITS.register("fixup", "Zhang, Dauphin & Ma 2019, resnet only (skip: true, norm: none): He normal, scaled by "
+                         "L^-1/2 on each branch's first conv (L branches), zero on its second conv and on the "
+                         "classifier; scalar biases and a multiplier (1) per branch")
+def fixup(w, ctx):
+    # per layer, He normal; the net-wide scaling and zeros are vgp.models.resnet.fixup_rescale's
+    kaiming_normal(w, ctx)
+
+
+@INITS.register("lsuv", "Mishkin & Matas 2016, data-dependent: orthogonal, then each layer's weight scaled, in "
+                        "order, until its output's variance on the init batch (the run's first batch) is within tol "
+                        "of 1 (at most max_iter scalings); mlp, resnet",
+                ranges={"tol": "(0, inf)", "max_iter": "[1, 1000]"})
+def lsuv(w, ctx, tol: float = 0.1, max_iter: int = 10):
+    # step 1 of the paper's algorithm; step 2 needs the whole net and a batch: lsuv_scale
+    nn.init.orthogonal_(w)
+
+
+class _Reached(Exception):
+    """Raised by lsuv_scale's hook to stop a forward pass once the layer of interest has run."""
+
+
+def lsuv_scale(model, layers: list, x, tol: float = 0.1, max_iter: int = 10) -> list[float]:
+    """Step 2 of LSUV (Mishkin & Matas 2016, Algorithm 1): for each layer in order, forward ``x`` and
+    divide the layer's weight by sqrt(Var(B)), B its output (the pre-activation z = W h + b, over
+    all examples, units and positions), until |Var(B) - 1| < ``tol`` or ``max_iter`` divisions.
+
+    ``layers``: Linear/Conv modules of ``model`` in forward order; ``x``: (B, *in_shape) the init
+    batch. The forward passes run in training mode (batch norm normalises with the batch's own
+    statistics, as a training step would); buffers such as batch norm's running statistics are
+    restored afterwards, and no random numbers are drawn. A layer whose output has variance 0 or a
+    non-finite one cannot be scaled to 1 and is left as it is. Returns Var(B) of each layer after
+    its scaling (float64 population variance); raises ValueError if ``x`` is None."""
+    if x is None:
+        raise ValueError("init lsuv is data-dependent: it needs an init batch (x)")
+    was_training = model.training
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    model.train()
+    seen: list = []
+
+    def grab(module, inputs, output):
+        seen.append(output)
+        raise _Reached
+
+    def variance(layer) -> float:
+        seen.clear()
+        handle = layer.register_forward_hook(grab)
+        try:
+            model(x)
+        except _Reached:
+            pass
+        finally:
+            handle.remove()
+        return seen[0].double().var(unbiased=False).item()
+
+    out = []
+    with torch.no_grad():
+        try:
+            for layer in layers:
+                v = variance(layer)
+                for _ in range(max_iter):
+                    if abs(v - 1) < tol or not (0 < v < math.inf):
+                        break
+                    layer.weight.div_(math.sqrt(v))
+                    v = variance(layer)
+                out.append(v)
+        finally:
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+            model.train(was_training)
+    return out
+
+
 @BIAS_INITS.register("zeros", "all zero")
 def zeros(b, ctx):
     nn.init.zeros_(b)

@@ -182,8 +182,12 @@ class GradientRecorder:
             self.model.hidden_sink = self._hidden
         for i, t in enumerate(self.tracked):
             keep = self.match_act and self._want_act and self.has_act[i]
-            if (self._want_z and t.output) or keep:
-                self._hooks.append(t.layer.register_forward_hook(self._layer_hook(i, self._want_z and t.output, keep)))
+            want_z = self._want_z and t.output
+            if want_z and t.stream is not None:  # output_grad at the residual stream (Tracked.stream)
+                self._hooks.append(t.stream.register_forward_hook(self._layer_hook(i, True, False)))
+                want_z = False
+            if want_z or keep:
+                self._hooks.append(t.layer.register_forward_hook(self._layer_hook(i, want_z, keep)))
             if self.has_act[i] and self._want_act:
                 self._hooks.append(t.act.register_forward_hook(self._act_hook(i)))
 

@@ -66,17 +66,25 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(model_cfg: config.ModelConfig, data: datasets.Data):
-    """The network a config describes, on the CPU, initialised (seed the global RNG first)."""
+def build_model(model_cfg: config.ModelConfig, data: datasets.Data, init_batch: torch.Tensor | None = None):
+    """The network a config describes, on the CPU, initialised (seed the global RNG first).
+
+    ``init_batch``: (B, *shape) inputs for a data-dependent init (``model.init: lsuv``); a run passes
+    the batch its step 0 trains on (:func:`first_batch`). Other inits ignore it; lsuv without it
+    raises ValueError."""
     act = activations.get(model_cfg.activation)
     m = model_cfg
+    if init_batch is not None:
+        init_batch = init_batch.cpu()
     if m.arch == "mlp":
-        net = mlp(data.shape, data.num_outputs, m.width, m.depth, act, m.init, m.bias_init, m.norm, m.skip)
+        net = mlp(data.shape, data.num_outputs, m.width, m.depth, act, m.init, m.bias_init, m.norm, m.skip,
+                  m.residual_scale, init_batch)
     elif m.arch == "resnet":
         if len(data.shape) != 3:
             raise UserError(f"model.arch: a resnet needs image data of shape (C, H, W); data '{data.name}' gives "
                             f"inputs of shape {tuple(data.shape)} (image sets: digits, mnist, fashion_mnist, cifar10)")
-        net = resnet(data.shape, data.num_outputs, m.width, m.depth, act, m.init, m.bias_init, m.norm, m.skip)
+        net = resnet(data.shape, data.num_outputs, m.width, m.depth, act, m.init, m.bias_init, m.norm, m.skip,
+                     m.residual_scale, init_batch)
     else:
         if len(data.shape) != 2:
             raise UserError(f"model.arch: {m.arch} needs sequences of shape (T, F); data '{data.name}' gives inputs "
@@ -96,6 +104,12 @@ def batches(n: int, batch_size: int, seed: int, device):
         perm = torch.randperm(n, generator=gen).to(device)
         for i in range(0, n - batch_size + 1, batch_size):
             yield perm[i:i + batch_size]
+
+
+def first_batch(data: datasets.Data, batch_size: int, seed: int) -> torch.Tensor:
+    """The inputs step 0 trains on, (B, *shape): what :func:`batches` yields first, from a generator
+    of its own (no random number stream of the run moves), for data-dependent inits."""
+    return data.x_train[next(batches(len(data.x_train), batch_size, seed, data.x_train.device))]
 
 
 def loss_fn(task: str):
@@ -258,7 +272,7 @@ def _run_in(cfg: config.Config, folder: Path, device: torch.device, quiet: bool)
         results.write_json(folder / "meta.json", _meta(device, started, "running"))
         torch.manual_seed(cfg.seed)
         data = datasets.load(cfg.data, cfg.seed).to(device)
-        model, act = build_model(cfg.model, data)
+        model, act = build_model(cfg.model, data, first_batch(data, cfg.train.batch_size, cfg.seed))
         model.to(device).train()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = OPTIMIZERS.build(cfg.train.optimizer, params)

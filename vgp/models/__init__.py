@@ -16,12 +16,17 @@ class Tracked:
     output layer. ``output`` is False for recurrent weights, which act inside a cell at every
     time step: they have weight kinds only (their signal is in time_grads.csv), and ``layer``
     is then any object with ``weight`` and ``bias`` attributes.
+    ``stream``: where the layer's output_grad is taken instead of z_l, for residual branches scaled
+    by ReZero's a (``model.residual_scale=rezero``), whose z_l gets a times the gradient, exactly 0
+    at initialisation: the module whose output is the residual stream h_l after the layer's block
+    (output_grad is then ||dLoss/dh_l||; the weight kinds stay the layer's own).
     """
 
     name: str
     layer: object
     act: nn.Module | None
     output: bool = True
+    stream: nn.Module | None = None
 
 
 from vgp.models.mlp import MLP, mlp  # noqa: E402,F401

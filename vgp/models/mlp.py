@@ -1,7 +1,10 @@
 """Fully connected networks: ``depth`` hidden blocks of Linear -> norm -> activation, then a Linear.
 
 depth=2 -> Linear, act, Linear, act, Linear (three tracked layers). With ``skip``, every hidden
-block whose input and output widths match computes h + act(norm(W h + b)).
+block whose input and output widths match computes h + act(norm(W h + b)); with
+``residual_scale="rezero"`` as well, h + a act(norm(W h + b)), ``a`` a learnable scalar initialised to
+0 (ReZero, Bachlechner et al. 2021; SkipInit, De & Smith 2020): every such block is the identity at
+initialisation.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch
 from torch import nn
 
 from vgp.activations import Activation
-from vgp.inits import initialize
+from vgp.inits import initialize, lsuv_scale
 from vgp.models import Tracked
 
 
@@ -25,25 +28,32 @@ def make_norm(norm: str, width: int, dims: int = 1) -> nn.Module:
 
 
 class Block(nn.Module):
-    def __init__(self, fan_in: int, width: int, activation: Activation, norm: str, skip: bool):
+    def __init__(self, fan_in: int, width: int, activation: Activation, norm: str, skip: bool, rezero: bool = False):
         super().__init__()
         self.linear = nn.Linear(fan_in, width)
         self.norm = make_norm(norm, width)
         self.act = activation.module()
         self.skip = skip and fan_in == width
+        self.alpha = nn.Parameter(torch.zeros(())) if rezero and self.skip else None  # ReZero's a
 
     def forward(self, h):  # (B, fan_in) -> (B, width)
         out = self.act(self.norm(self.linear(h)))
+        if self.alpha is not None:
+            out = self.alpha * out
         return h + out if self.skip else out
 
 
 class MLP(nn.Module):
     def __init__(self, in_size: int, out_size: int, width: int, depth: int, activation: Activation,
-                 norm: str = "none", skip: bool = False):
+                 norm: str = "none", skip: bool = False, residual_scale: str = "none"):
         super().__init__()
+        if residual_scale not in ("none", "rezero"):
+            raise ValueError(f"residual_scale: an mlp takes none or rezero, got {residual_scale!r}")
         self.flatten = nn.Flatten()
         sizes = [in_size] + [width] * depth
-        self.blocks = nn.ModuleList(Block(a, b, activation, norm, skip) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.rezero = residual_scale == "rezero"
+        self.blocks = nn.ModuleList(Block(a, b, activation, norm, skip, self.rezero)
+                                    for a, b in zip(sizes[:-1], sizes[1:]))
         self.out = nn.Linear(sizes[-1], out_size)
 
     def forward(self, x):  # (B, *shape) -> (B, out_size)
@@ -53,14 +63,22 @@ class MLP(nn.Module):
         return self.out(h)
 
     def tracked(self) -> list[Tracked]:
-        layers = [Tracked(f"blocks.{i}.linear", b.linear, b.act) for i, b in enumerate(self.blocks)]
+        # ReZero: z_l's gradient is a dLoss/dh_l, exactly 0 at init (a = 0); the gradient the
+        # residual stream carries, at each block's output h_l, is what says whether it flows
+        layers = [Tracked(f"blocks.{i}.linear", b.linear, b.act, stream=b if self.rezero else None)
+                  for i, b in enumerate(self.blocks)]
         return layers + [Tracked("out", self.out, None)]
 
 
 def mlp(in_shape: tuple, out_size: int, width: int, depth: int, activation: Activation, init: dict,
-        bias_init: dict, norm: str = "none", skip: bool = False) -> MLP:
-    """A fully connected network with every Linear (output layer included) initialised by ``init``."""
-    model = MLP(math.prod(in_shape), out_size, width, depth, activation, norm, skip)
+        bias_init: dict, norm: str = "none", skip: bool = False, residual_scale: str = "none",
+        init_batch: torch.Tensor | None = None) -> MLP:
+    """A fully connected network with every Linear (output layer included) initialised by ``init``.
+
+    ``init_batch``: (B, *in_shape) inputs for a data-dependent init (lsuv), else unused."""
+    model = MLP(math.prod(in_shape), out_size, width, depth, activation, norm, skip, residual_scale)
     for t in model.tracked():
         initialize(t.layer, activation, init, bias_init)
+    if init["name"] == "lsuv":
+        lsuv_scale(model, [t.layer for t in model.tracked()], init_batch, init["tol"], init["max_iter"])
     return model
