@@ -61,23 +61,39 @@ def _section(cls, doc: str):
 
 @dataclass
 class ModelConfig:
-    arch: str = _f("mlp", "network family", choices=["mlp", "resnet", "rnn", "lstm", "gru"])
+    arch: str = _f("mlp", "network family", choices=["mlp", "resnet", "rnn", "lstm", "gru", "transformer"])
     depth: int = _f(None, "mlp: hidden layers (2 -> Linear, act, Linear, act, Linear); resnet: weight layers, 6n+2; "
-                          "rnn/lstm/gru: stacked recurrent layers (default 10, 20, 1)", like=0, valid="[0, inf)")
+                          "rnn/lstm/gru: stacked recurrent layers; transformer: blocks (default 10, 20, 1, 6)",
+                    like=0, valid="[0, inf)")
     width: int = _f(None, "mlp: units per hidden layer; resnet: channels of the first stage; rnn/lstm/gru: hidden "
-                          "size (default 256, 16, 128)", like=0, valid="[1, inf)")
-    activation: Any = _f("relu", "activation function (vgp ls activations); lstm/gru gates keep their own",
-                         spec="activations", archs=("mlp", "resnet", "rnn"))
+                          "size; transformer: d_model (default 256, 16, 128, 64)", like=0, valid="[1, inf)")
+    activation: Any = _f("relu", "activation function (vgp ls activations); lstm/gru gates keep their own; "
+                                 "transformer: its MLP's", spec="activations", archs=("mlp", "resnet", "rnn", "transformer"))
     init: Any = _f("default", "weight init of every layer, output layer included (vgp ls inits)", spec="inits")
     bias_init: Any = _f("default", "bias init of every layer (vgp ls inits)", spec="bias_inits")
-    norm: str = _f("none", "normalisation between the linear map and the activation", choices=["none", "batchnorm", "layernorm"],
-                   archs=("mlp", "resnet"))
+    norm: str = _f("none", "normalisation between the linear map and the activation; transformer: the norm that "
+                           "norm_position places (layernorm or rmsnorm)",
+                   choices=["none", "batchnorm", "layernorm", "rmsnorm"], archs=("mlp", "resnet", "transformer"))
     skip: bool = _f(False, "residual connection around every hidden block whose input and output widths match "
                            "(resnet: the ResNet; false: the plain net)", archs=("mlp", "resnet"))
+    residual_scale: str = _f("none", "scaling of each residual branch: none; rezero: x + a*F(x), a learnable scalar a "
+                                     "initialised to 0 (ReZero, Bachlechner et al. 2021; SkipInit, De & Smith 2020); "
+                                     "deepnorm: post-LN x*alpha + F(x) with branch weights scaled by beta (Wang et al. "
+                                     "2022, transformer only)", choices=["none", "rezero", "deepnorm"],
+                             archs=("mlp", "resnet", "transformer"))
     recurrent_init: Any = _f("default", "rnn/lstm/gru: init of the hidden-to-hidden weights, per gate "
                                         "(e.g. orthogonal, identity for the IRNN)", spec="inits",
                          archs=("rnn", "lstm", "gru"))
     forget_bias: float = _f(1.0, "lstm: forget-gate bias (b_ih; b_hh is 0)", archs=("lstm",))
+    heads: int = _f(4, "transformer: attention heads (width must be divisible by it)", valid="[1, inf)",
+                    archs=("transformer",))
+    mlp_ratio: int = _f(4, "transformer: the MLP's hidden width over width", valid="[1, inf)", archs=("transformer",))
+    norm_position: str = _f("pre", "transformer: where model.norm sits: pre (x + F(N(x)), a final N before the "
+                                   "head; Xiong et al. 2020), post (N(x + F(x)); Vaswani et al. 2017) or none",
+                            choices=["pre", "post", "none"], archs=("transformer",))
+    positions: str = _f("learned", "transformer: position embedding added to the embedded inputs: learned "
+                                   "(N(0, 0.02^2) at init), sinusoidal (fixed) or none",
+                        choices=["learned", "sinusoidal", "none"], archs=("transformer",))
 
 
 @dataclass
@@ -239,7 +255,8 @@ def _build(raw: dict, cls, prefix: str, label):
     return cls(**kwargs)
 
 
-ARCH_DEFAULTS = {"mlp": (10, 256), "resnet": (20, 16), "rnn": (1, 128), "lstm": (1, 128), "gru": (1, 128)}
+ARCH_DEFAULTS = {"mlp": (10, 256), "resnet": (20, 16), "rnn": (1, 128), "lstm": (1, 128), "gru": (1, 128),
+                 "transformer": (6, 64)}
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,4})$")
 MAX_NAME = 200  # characters: a run name is a folder name (most file systems allow 255 bytes)
@@ -268,7 +285,7 @@ def _check(cfg: Config, label) -> None:
             blocks_per_stage(m.depth)
         except ConfigError as e:
             raise ConfigError(f"{label('model.depth')}: {e}") from None
-        if m.norm == "layernorm":
+        if m.norm in ("layernorm", "rmsnorm"):
             bad("model.norm", "a resnet takes none or batchnorm")
     if m.arch in ("rnn", "lstm", "gru"):
         if m.norm != "none" or m.skip:
@@ -276,6 +293,33 @@ def _check(cfg: Config, label) -> None:
                 f"{m.arch} takes neither a norm nor skips (norm: none, skip: false)")
         if m.depth < 1:
             bad("model.depth", f"{m.arch} needs at least 1 layer, got {m.depth}")
+    if m.arch == "transformer":
+        _check_transformer(m, bad)
+    elif m.residual_scale == "deepnorm":
+        bad("model.residual_scale", "deepnorm is a post-LN transformer's scaling (model.arch=transformer "
+                                    "model.norm_position=post); for an mlp or resnet use none or rezero")
+
+
+def _check_transformer(m: ModelConfig, bad) -> None:
+    if m.skip:
+        bad("model.skip", "a transformer's blocks are always residual; leave model.skip false")
+    if m.depth < 1:
+        bad("model.depth", f"a transformer needs at least 1 block, got {m.depth}")
+    if m.width % m.heads:
+        bad("model.heads", f"model.width {m.width} is not divisible by {m.heads} heads; use a width that is a "
+                           f"multiple of model.heads (e.g. model.width={max(m.heads, m.width // m.heads * m.heads)})")
+    if m.norm_position != "none" and m.norm not in ("layernorm", "rmsnorm"):
+        bad("model.norm", f"{shown(m.norm)} with model.norm_position={m.norm_position}: a transformer takes "
+                          f"layernorm or rmsnorm (set model.norm=layernorm, or model.norm_position=none for no norm)")
+    if m.norm_position == "none" and m.norm != "none":
+        bad("model.norm", f"{m.norm} with model.norm_position=none: say where it goes (model.norm_position=pre or "
+                          f"post), or set model.norm=none")
+    if m.residual_scale == "deepnorm" and m.norm_position != "post":
+        bad("model.residual_scale", f"deepnorm scales a post-LN transformer (model.norm_position=post); got "
+                                    f"norm_position={m.norm_position}")
+    if m.residual_scale == "rezero" and m.norm_position == "post":
+        bad("model.residual_scale", "rezero makes each block the identity at init only where no norm acts on the "
+                                    "residual stream: use model.norm_position=pre or none")
 
 
 def _labeller(source: str, pairs: list[tuple[str, Any]], texts: list[str] | None):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import vgp
 from vgp import activations, analysis, config, data as datasets, results
 from vgp.errors import UserError
-from vgp.models import mlp, recurrent, resnet
+from vgp.models import mlp, recurrent, resnet, transformer
 from vgp.optim import OPTIMIZERS
 from vgp.record import KINDS, GradientRecorder
 
@@ -80,10 +80,15 @@ def build_model(model_cfg: config.ModelConfig, data: datasets.Data):
     else:
         if len(data.shape) != 2:
             raise UserError(f"model.arch: {m.arch} needs sequences of shape (T, F); data '{data.name}' gives inputs "
-                            f"of shape {tuple(data.shape)} (sequence sets: adding, copy, seq_digits, seq_mnist)")
+                            f"of shape {tuple(data.shape)} (sequence sets: adding, copy, markov, seq_digits, "
+                            f"seq_mnist)")
+        per_step = data.y_train.dim() == 2 and data.task == "classification"
+        if m.arch == "transformer":
+            net = transformer(data.shape, data.num_outputs, m.width, m.depth, m.heads, m.mlp_ratio, act, m.init,
+                              m.bias_init, m.norm, m.norm_position, m.residual_scale, m.positions, per_step)
+            return net, act
         net = recurrent(m.arch, data.shape, data.num_outputs, m.width, m.depth, act, m.init, m.bias_init,
-                        m.recurrent_init, m.forget_bias, per_step=data.y_train.dim() == 2 and
-                        data.task == "classification")
+                        m.recurrent_init, m.forget_bias, per_step=per_step)
     return net, act
 
 
@@ -449,6 +454,8 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
 
 def _grad_ratio(flat: list[float], recorder: GradientRecorder) -> float | None:
     """output_grad of layer 1 over that of the last hidden layer (None without hidden layers, and for
-    recurrent nets, whose layers' signal is in time_grads.csv)."""
-    hidden = [i for i, t in enumerate(recorder.tracked) if t.output and t.act is not None]
+    recurrent nets, whose layers' signal is in time_grads.csv); for a transformer, of the residual
+    stream after the first block over that after the last."""
+    hidden = [i for i, t in enumerate(recorder.tracked) if t.stream] or \
+        [i for i, t in enumerate(recorder.tracked) if t.output and t.act is not None]
     return recorder.output_grad_ratio(flat, hidden) if hidden else None

@@ -15,15 +15,19 @@ class Tracked:
     ``act`` is the activation module applied after it (after the norm, if any); None for the
     output layer. ``output`` is False for recurrent weights, which act inside a cell at every
     time step: they have weight kinds only (their signal is in time_grads.csv), and ``layer``
-    is then any object with ``weight`` and ``bias`` attributes.
+    is then any object with ``weight`` and ``bias`` attributes. ``stream`` is True for a residual
+    block (a transformer's): ``layer`` is the block, whose output is the residual stream after it;
+    it has no weight of its own and records output_grad only, the per-block back-propagated signal.
     """
 
     name: str
     layer: object
     act: nn.Module | None
     output: bool = True
+    stream: bool = False
 
 
 from vgp.models.mlp import MLP, mlp  # noqa: E402,F401
 from vgp.models.resnet import RESNET_DEPTHS, ResNet, resnet  # noqa: E402,F401
 from vgp.models.rnn import RecurrentNet, recurrent  # noqa: E402,F401
+from vgp.models.transformer import Transformer, transformer  # noqa: E402,F401
