@@ -109,6 +109,8 @@ class TrainConfig:
     batch_size: int = _f(128, "examples per step, at most the training set's size (reshuffled every epoch)",
                          valid="[1, inf)")
     optimizer: Any = _f({"name": "sgd", "lr": 0.1}, "optimizer and its arguments (vgp ls optimizers)", spec="optimizers")
+    schedule: Any = _f("constant", "learning-rate schedule over train.steps, stepped after every update: constant, "
+                                   "warmup, warmup_cosine, step (vgp ls schedules)", spec="schedules")
     clip: ClipConfig = _section(ClipConfig, "gradient clipping")
     eval_every: int = _f(100, "evaluate on the test set every N steps (and after the last step)", valid="[1, inf)")
 
@@ -144,6 +146,8 @@ def _registry(name: str) -> Registry:
         from vgp.inits import BIAS_INITS as r
     elif name == "optimizers":
         from vgp.optim import OPTIMIZERS as r
+    elif name == "schedules":
+        from vgp.optim import SCHEDULES as r
     else:
         from vgp.data import DATASETS as r
     return r
@@ -274,6 +278,11 @@ def _check(cfg: Config, label) -> None:
         bad("name", f"{len(cfg.name)} characters; at most {MAX_NAME} (it names a folder)")
     if not _DEVICE.match(cfg.device):
         bad("device", f"invalid value {shown(cfg.device)} (valid: auto, cpu, cuda, cuda:N)")
+    from vgp.optim import schedule_problem  # torch is imported lazily there
+
+    problem = schedule_problem(cfg.train.schedule, cfg.train.steps, cfg.train.optimizer.get("lr"))
+    if problem:
+        bad(f"train.schedule.{problem[0]}", problem[1])
     m = cfg.model
     depth, width = ARCH_DEFAULTS[m.arch]
     m.depth = depth if m.depth is None else m.depth

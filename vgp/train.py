@@ -37,7 +37,7 @@ import vgp
 from vgp import activations, analysis, config, data as datasets, results
 from vgp.errors import UserError
 from vgp.models import mlp, recurrent, resnet, transformer
-from vgp.optim import OPTIMIZERS
+from vgp.optim import OPTIMIZERS, SCHEDULES
 from vgp.record import KINDS, GradientRecorder
 
 GRAD_COLUMNS = ["step", "layer", "name", "kind", "value"]
@@ -266,6 +266,7 @@ def _run_in(cfg: config.Config, folder: Path, device: torch.device, quiet: bool)
         model.to(device).train()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = OPTIMIZERS.build(cfg.train.optimizer, params)
+        schedule = SCHEDULES.build(cfg.train.schedule, opt, cfg.train.steps)
         criterion = loss_fn(data.task)
         recorder = GradientRecorder(model.tracked(), act, params, cfg.log.kinds, model)
         grad_csv = results.CsvStream(folder / "grad_norms.csv", GRAD_COLUMNS)
@@ -275,8 +276,8 @@ def _run_in(cfg: config.Config, folder: Path, device: torch.device, quiet: bool)
         if recorder.model is not None:  # recurrent: dLoss/dh_t per time step
             time_csv = results.CsvStream(folder / "time_grads.csv", TIME_COLUMNS)
             streams.append(time_csv)
-        outcome = _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics_csv, time_csv,
-                         quiet)
+        outcome = _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_csv, metrics_csv,
+                         time_csv, quiet)
 
         # -- finish: CSVs get their final names, then the summary marks the folder finished ----
         for s in streams:
@@ -337,8 +338,11 @@ def _record_end(folder: Path, streams: list, e: BaseException, device, started: 
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics_csv, time_csv, quiet) -> dict:
-    """The loop. Returns the summary's outcome columns."""
+def _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_csv, metrics_csv, time_csv,
+           quiet) -> dict:
+    """The loop. Returns the summary's outcome columns. ``schedule``: a torch lr scheduler, stepped
+    after every update; metrics.csv's ``lr`` is the lr that the row's update used (the final
+    evaluation's row: the schedule's value at step train.steps, where no update follows)."""
     device = data.x_train.device
     clip, steps, every, eval_every = cfg.train.clip, cfg.train.steps, cfg.log.every, cfg.train.eval_every
     pairs = recorder.applicable()  # (kind, layer index) rows written to grad_norms.csv
@@ -392,7 +396,9 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
             finite.append(torch.isfinite(norm) & torch.isfinite(pending[-1]))
             if clip.mode == "value":
                 torch.nn.utils.clip_grad_value_(params, clip.value)
+            lr = opt.param_groups[0]["lr"]  # what this update uses
             opt.step()
+            schedule.step()
             done = step + 1
             if not recording:
                 continue
@@ -420,7 +426,7 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
                 time_csv.write_values(step, [f"{k},{t}" for k, t in recorder.time_keys], time_norms)
 
             grad_csv.write_values(step, grad_prefixes, [flat[j] for j in flat_index])
-            metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), opt.param_groups[0]["lr"],
+            metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), lr,
                                 round(elapsed, 4), test_loss, test_acc]])
             if step == 0 and "output_grad" in cfg.log.kinds:
                 grad_ratio = _grad_ratio(flat, recorder)
