@@ -286,3 +286,19 @@ def test_deep_post_ln_needs_warmup_at_a_pre_ln_learning_rate(tmp_path):
     assert post > 0.95 * baseline  # post-LN without warm-up: no better than remembering nothing
     assert post_warm < 0.9 * baseline  # with warm-up it learns (seed 0: 0.70 x baseline; seed 1: 0.85 x)
     assert post_warm < post - 0.3
+
+
+@pytest.mark.parametrize("over", [{}, dict(model__positions="sinusoidal", model__mlp_ratio=3),
+                                  dict(model__norm_position="post", model__residual_scale="deepnorm",
+                                       model__norm="rmsnorm", model__width=12, model__heads=3),
+                                  dict(model__residual_scale="rezero", model__depth=5)])
+def test_preflight_counts_the_parameters_exactly(over):
+    """vgp validate's memory estimate starts from the parameter count its 1-head miniatures fit: equal
+    to the real net's, learned positions of the data's length included."""
+    from vgp import preflight
+
+    cfg = config.from_dict(tcfg(data={"name": "markov", "seq_len": 20, "vocab": 5, "n_train": 16, "n_test": 8},
+                                **over))
+    torch.manual_seed(0)
+    model, _ = build_model(cfg.model, datasets.load(cfg.data, 0))
+    assert preflight.estimate(cfg)["parameters"] == sum(p.numel() for p in model.parameters())

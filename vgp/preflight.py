@@ -326,6 +326,8 @@ def estimate(cfg, shapes=None, probe: Probe | None = None) -> dict:
     T = shapes.shape[0] if recurrent else None
     a, b, c = probe.params
     n_params = a + b * m.width + c * m.width ** 2
+    if m.arch == "transformer" and m.positions == "learned":  # the miniatures' (T, width) positions had T_PROBE[-1]
+        n_params += (T - T_PROBE[-1]) * m.width
     # weights, gradients, optimizer state, the recorder's snapshot, and the step's temporaries (PyTorch's
     # foreach kernels: one parameter-sized tensor, two for the adaptive methods)
     temporaries = 1 if t.optimizer["name"] == "sgd" else 2
