@@ -302,3 +302,27 @@ def test_preflight_counts_the_parameters_exactly(over):
     torch.manual_seed(0)
     model, _ = build_model(cfg.model, datasets.load(cfg.data, 0))
     assert preflight.estimate(cfg)["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("over", [dict(model__norm_position="post"),
+                                  dict(model__norm_position="post", model__residual_scale="deepnorm"),
+                                  dict(), dict(model__residual_scale="rezero"),
+                                  dict(model__norm="none", model__norm_position="none"),
+                                  dict(train__schedule={"name": "warmup", "warmup_steps": 2})])
+@pytest.mark.parametrize("problem", ["vanishing", "exploding"])
+def test_advice_for_a_transformer_is_a_change_that_validates(over, problem):
+    """What the diagnosis proposes for a transformer is a transformer's remedy (never model.skip or batch
+    norm, which it rejects), not what the config does already, and each key=value it names validates."""
+    import re
+
+    cfg = config.to_dict(config.from_dict(tcfg(**over)))
+    s = analysis.setup(cfg)
+    _, fixes = (analysis._fixes_vanishing(s, False, False) if problem == "vanishing"
+                else analysis._fixes_exploding(s, False))
+    text = " ".join(fixes)
+    assert "skip" not in text and "batchnorm" not in text
+    changes = [c.split() for c in re.findall(r"\(([a-z_.]+=[^;)]+)[;)]", text)]  # '(a=1 b=2)': one change
+    assert changes
+    for change in changes:
+        assert any(str(config.flatten(cfg).get(k)) != v for k, v in (c.split("=") for c in change))  # not as is
+        config.from_dict(cfg, change)  # raises ConfigError if the advice were invalid

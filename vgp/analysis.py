@@ -538,6 +538,8 @@ def setup(cfg: dict) -> dict:
             "recurrent_init": _name(m.get("recurrent_init")), "forget_bias": m.get("forget_bias"),
             "clip": clip.get("mode") or "none", "max_norm": clip.get("max_norm"),
             "lr": lr if isinstance(lr, (int, float)) else None,
+            "schedule": _name(t.get("schedule")) or "constant",
+            "steps": t.get("steps") if isinstance(t.get("steps"), int) else None,
             "seq_len": data.get("seq_len") if isinstance(data.get("seq_len"), int) else None,
             "order": data.get("order")}
 
@@ -596,13 +598,18 @@ def _fixes_transformer(s: dict) -> list[str]:
     what the config does already."""
     fixes = []
     if s["norm_position"] == "post":
-        fixes.append("pre-LN (model.norm_position=pre)")
-        if s["residual_scale"] != "deepnorm":
+        deepnorm = s["residual_scale"] == "deepnorm"  # post-LN only
+        fixes.append("pre-LN (model.norm_position=pre" + (" model.residual_scale=none)" if deepnorm else ")"))
+        if not deepnorm:
             fixes.append("DeepNorm's scaled residual (model.residual_scale=deepnorm)")
     elif s["residual_scale"] != "rezero":
         fixes.append("ReZero (model.residual_scale=rezero)")
-    fixes.append("a learning-rate warm-up, or a lower learning rate"
-                 + (f" (train.optimizer.lr={s['lr'] / 10:g}; now {s['lr']:g})" if s["lr"] else ""))
+    if not s["schedule"].startswith("warmup"):
+        w = min(100, s["steps"] // 5) if s["steps"] else 0  # a warm-up over the first fifth, at most 100 steps
+        fixes.append("a learning-rate warm-up" + (f" (train.schedule.name=warmup train.schedule.warmup_steps={w})"
+                                                   if w else ""))
+    fixes.append("a lower learning rate" + (f" (train.optimizer.lr={s['lr'] / 10:g}; now {s['lr']:g})"
+                                            if s["lr"] else ""))
     return fixes
 
 
