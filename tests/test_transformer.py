@@ -326,3 +326,18 @@ def test_advice_for_a_transformer_is_a_change_that_validates(over, problem):
     for change in changes:
         assert any(str(config.flatten(cfg).get(k)) != v for k, v in (c.split("=") for c in change))  # not as is
         config.from_dict(cfg, change)  # raises ConfigError if the advice were invalid
+
+
+def test_rmsnorm_in_an_mlp_and_not_in_a_resnet():
+    """model.norm=rmsnorm is PyTorch's nn.RMSNorm in an MLP's blocks (each row of the normalised
+    pre-activations has mean square 1); a resnet rejects it like layernorm."""
+    cfg = config.from_dict(tiny(model__norm="rmsnorm"))
+    torch.manual_seed(0)
+    model, _ = build_model(cfg.model, datasets.load(cfg.data, 0))
+    block = model.blocks[0]
+    assert isinstance(block.norm, torch.nn.RMSNorm)
+    z = block.norm(block.linear(torch.randn(5, 8)))
+    assert (z.square().mean(1) - 1).abs().max() < 1e-3
+    with pytest.raises(ConfigError, match="a resnet takes none or batchnorm"):
+        config.from_dict(tiny(model__arch="resnet", model__depth=8, model__norm="rmsnorm",
+                              data={"name": "digits"}))

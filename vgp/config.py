@@ -68,7 +68,8 @@ class ModelConfig:
     width: int = _f(None, "mlp: units per hidden layer; resnet: channels of the first stage; rnn/lstm/gru: hidden "
                           "size; transformer: d_model (default 256, 16, 128, 64)", like=0, valid="[1, inf)")
     activation: Any = _f("relu", "activation function (vgp ls activations); lstm/gru gates keep their own; "
-                                 "transformer: its MLP's", spec="activations", archs=("mlp", "resnet", "rnn", "transformer"))
+                                 "transformer: its MLP's", spec="activations",
+                         archs=("mlp", "resnet", "rnn", "transformer"))
     init: Any = _f("default", "weight init of every layer, output layer included (vgp ls inits)", spec="inits")
     bias_init: Any = _f("default", "bias init of every layer (vgp ls inits)", spec="bias_inits")
     norm: str = _f("none", "normalisation between the linear map and the activation; transformer: the norm that "

@@ -297,7 +297,8 @@ class GradientRecorder:
         if self._want_update:
             torch._foreach_sub_(self._prev, [w.detach() for w in self.weights])  # W_old - W_new, in place
             w = self._weight_index
-            values[KINDS.index("update_ratio"), w] = torch.stack(_norms(self._prev)).double() / values[KINDS.index("weight"), w]
+            moved = torch.stack(_norms(self._prev)).double()
+            values[KINDS.index("update_ratio"), w] = moved / values[KINDS.index("weight"), w]
         return values
 
     def _act_stats(self, values: torch.Tensor, row: dict) -> None:
@@ -307,7 +308,8 @@ class GradientRecorder:
         kernel per statistic instead of one per layer). ``act_mean``/``act_std``: over batch and
         units (population std). ``saturation``: fraction of (example, unit) entries with
         |phi'(pre-activation)| below 5% of its maximum. ``dead``: fraction of units (features;
-        for conv maps, channel-positions) whose output is zero for every example of the batch.
+        for conv maps, channel-positions; for sequences (B, T, H), position-features) whose output
+        is zero for every example of the batch.
         All four equal their float64 values computed from the float32 activations (the fractions
         exactly; saturation read off h may differ only where z is within rounding of the threshold).
         """

@@ -150,7 +150,8 @@ class Transformer(nn.Module):
         layers = [Tracked("embed", self.embed, None)]
         for i, b in enumerate(self.blocks):
             a, m = b.attn, b.mlp
-            layers += [Tracked(f"blocks.{i}.attn.{n}", getattr(a, n), None, output=False) for n in ("q", "k", "v", "out")]
+            layers += [Tracked(f"blocks.{i}.attn.{n}", getattr(a, n), None, output=False)
+                       for n in ("q", "k", "v", "out")]
             layers += [Tracked(f"blocks.{i}.mlp.fc1", m.fc1, m.act, output=False),
                        Tracked(f"blocks.{i}.mlp.fc2", m.fc2, None, output=False),
                        Tracked(f"blocks.{i}", b, None, stream=True)]
