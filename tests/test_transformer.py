@@ -341,3 +341,14 @@ def test_rmsnorm_in_an_mlp_and_not_in_a_resnet():
     with pytest.raises(ConfigError, match="a resnet takes none or batchnorm"):
         config.from_dict(tiny(model__arch="resnet", model__depth=8, model__norm="rmsnorm",
                               data={"name": "digits"}))
+
+
+def test_heatmap_rows_are_the_layers_with_output_grad(tmp_path):
+    """A transformer's output_grad rows are layers 1, 8, 15, ... (embed, blocks.i, head): the heatmap
+    labels each row with its name and layer number, not with consecutive numbers."""
+    from vgp import plots
+
+    result = run(config.from_dict(tcfg(model__depth=3, train__steps=2)), out=tmp_path, quiet=True)
+    fig = plots.heatmap(analysis.read_run(result.folder))
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["embed (1)", "blocks.0 (8)", "blocks.1 (15)", "blocks.2 (22)", "head (23)"]
