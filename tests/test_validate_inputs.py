@@ -160,9 +160,9 @@ def test_rules_across_arguments(tmp_path):
 def test_every_registered_range_names_a_real_argument():
     from vgp.activations import ACTIVATIONS
     from vgp.inits import BIAS_INITS, INITS
-    from vgp.optim import OPTIMIZERS
+    from vgp.optim import OPTIMIZERS, SCHEDULES
 
-    for registry in (ACTIVATIONS, INITS, BIAS_INITS, OPTIMIZERS, DATASETS):
+    for registry in (ACTIVATIONS, INITS, BIAS_INITS, OPTIMIZERS, SCHEDULES, DATASETS):
         for name in registry.names():
             entry = registry[name]
             assert set(entry.meta["ranges"]) <= set(entry.defaults()), (registry.kind, name)

@@ -432,6 +432,9 @@ def depth_stats(grads: pd.DataFrame, step: int, th: Thresholds) -> dict:
     out["grad_ratio"] = _ratio(hidden[0], hidden[-1]) if len(hidden) >= 2 else math.nan
     out["first_over_output"] = _ratio(v[0], v[-1])
     out.update(_beyond(v[:-1], v[-1], th))
+    for side in ("drop_layer", "rise_layer"):  # a position among the rows -> its layer number (a
+        if out[side] is not None:              # transformer's weight-only layers have no output_grad row)
+            out[side] = int(layers[out[side] - 1])
     out["verdict"] = judge(out["compounded"], out["zeros"] if v[-1] > 0 else 0, out["nonfinite"], th)
     return out
 
@@ -531,10 +534,12 @@ def setup(cfg: dict) -> dict:
     lr = opt.get("lr")
     return {"arch": arch, "activation": act, "init": _name(m.get("init")), "bias_init": _name(m.get("bias_init")),
             "norm": m.get("norm") or "none", "skip": bool(m.get("skip")),
-            "residual_scale": m.get("residual_scale") or "none",
+            "norm_position": m.get("norm_position"), "residual_scale": m.get("residual_scale") or "none",
             "recurrent_init": _name(m.get("recurrent_init")), "forget_bias": m.get("forget_bias"),
             "clip": clip.get("mode") or "none", "max_norm": clip.get("max_norm"),
             "lr": lr if isinstance(lr, (int, float)) else None,
+            "schedule": _name(t.get("schedule")) or "constant",
+            "steps": t.get("steps") if isinstance(t.get("steps"), int) else None,
             "seq_len": data.get("seq_len") if isinstance(data.get("seq_len"), int) else None,
             "order": data.get("order")}
 
@@ -550,6 +555,8 @@ def _pct(x: float) -> str:
 def _fixes_vanishing(s: dict, through_time: bool, saturated: bool) -> tuple[str, list[str]]:
     """(what is wrong, what to change) for gradients that vanish, from what the config does already."""
     arch, act, init = s["arch"], s["activation"], s["init"]
+    if arch == "transformer":
+        return "gradients shrink block by block", _fixes_transformer(s)
     if through_time:
         fixes = []
         if arch in (None, "rnn"):
@@ -586,6 +593,26 @@ def _fixes_vanishing(s: dict, through_time: bool, saturated: bool) -> tuple[str,
     return what, fixes
 
 
+def _fixes_transformer(s: dict) -> list[str]:
+    """A transformer's remedies (Xiong et al. 2020; Bachlechner et al. 2021; Wang et al. 2022), less
+    what the config does already."""
+    fixes = []
+    if s["norm_position"] == "post":
+        deepnorm = s["residual_scale"] == "deepnorm"  # post-LN only
+        fixes.append("pre-LN (model.norm_position=pre" + (" model.residual_scale=none)" if deepnorm else ")"))
+        if not deepnorm:
+            fixes.append("DeepNorm's scaled residual (model.residual_scale=deepnorm)")
+    elif s["residual_scale"] != "rezero":
+        fixes.append("ReZero (model.residual_scale=rezero)")
+    if not s["schedule"].startswith("warmup"):
+        w = min(100, s["steps"] // 5) if s["steps"] else 0  # a warm-up over the first fifth, at most 100 steps
+        fixes.append("a learning-rate warm-up" + (f" (train.schedule.name=warmup train.schedule.warmup_steps={w})"
+                                                   if w else ""))
+    fixes.append("a lower learning rate" + (f" (train.optimizer.lr={s['lr'] / 10:g}; now {s['lr']:g})"
+                                            if s["lr"] else ""))
+    return fixes
+
+
 def _fixes_exploding(s: dict, through_time: bool) -> tuple[str, list[str]]:
     clip_fix = [] if s["clip"] != "none" else ["gradient clipping (train.clip.mode=norm)"]
     if through_time:
@@ -595,6 +622,8 @@ def _fixes_exploding(s: dict, through_time: bool) -> tuple[str, list[str]]:
             fixes = ["a lower learning rate" + (f" (train.optimizer.lr={s['lr'] / 10:g})" if s["lr"] else ""),
                      "shorter sequences" + (f" (data.seq_len={max(1, s['seq_len'] // 2)})" if s["seq_len"] else "")]
         return "gradients grow back through time", fixes
+    if s["arch"] == "transformer":
+        return "gradients grow block by block", _fixes_transformer(s) + clip_fix
     init = s["init"]
     if init.startswith(("kaiming", "xavier")) or not init:
         lower = "a lower weight variance, toward the critical one (vgp theory CONFIG --critical)"
@@ -699,10 +728,13 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
     has_og = bool((g.kind == "output_grad").any())
     per_step = {}
     own_model = not run.config.get("model")  # recorded by vgp.Recorder: any model, layers in forward order
+    # repeated blocks are read where they are the model's unit: any model vgp did not build, and a
+    # transformer, whose output_grad rows are the residual stream after each block (blocks.i)
+    by_block = own_model or (run.config.get("model") or {}).get("arch") == "transformer"
     for name, step in (("first", first), ("last", last)):
         st = depth_stats(g, step, th) if has_og else None
         ts = time_stats(run.time, step, th) if run.time is not None and len(run.time) else None
-        bs = blocks.stats(g, step, th, judge, decay_rate) if has_og and own_model else None
+        bs = blocks.stats(g, step, th, judge, decay_rate) if has_og and by_block else None
         if bs and bs["verdict"] != "unknown":  # repeated blocks: like against like, block to block
             axes = [(bs["verdict"], bs["compounded"])]
         else:

@@ -123,8 +123,8 @@ def validate(configs: List[Path] = typer.Argument(..., help="config or sweep fil
 
 
 @app.command("ls")
-def ls(what: str = typer.Argument("all", help="activations | inits | optimizers | datasets | configs | keys | all")):
-    """List what a config can name: activations, inits, optimizers, datasets, configs, keys."""
+def ls(what: str = typer.Argument("all", help="activations | inits | optimizers | schedules | datasets | configs | keys | all")):
+    """List what a config can name: activations, inits, optimizers, schedules, datasets, configs, keys."""
     from rich.console import Console
     from rich.table import Table
 
@@ -135,6 +135,7 @@ def ls(what: str = typer.Argument("all", help="activations | inits | optimizers 
         "inits": ("init", "vgp.inits", "INITS"),
         "bias_inits": ("bias init", "vgp.inits", "BIAS_INITS"),
         "optimizers": ("optimizer", "vgp.optim", "OPTIMIZERS"),
+        "schedules": ("schedule", "vgp.optim", "SCHEDULES"),
         "datasets": ("dataset", "vgp.data", "DATASETS"),
     }
     valid = list(tables) + ["configs", "keys", "all"]

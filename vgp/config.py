@@ -61,17 +61,20 @@ def _section(cls, doc: str):
 
 @dataclass
 class ModelConfig:
-    arch: str = _f("mlp", "network family", choices=["mlp", "resnet", "rnn", "lstm", "gru"])
+    arch: str = _f("mlp", "network family", choices=["mlp", "resnet", "rnn", "lstm", "gru", "transformer"])
     depth: int = _f(None, "mlp: hidden layers (2 -> Linear, act, Linear, act, Linear); resnet: weight layers, 6n+2; "
-                          "rnn/lstm/gru: stacked recurrent layers (default 10, 20, 1)", like=0, valid="[0, inf)")
+                          "rnn/lstm/gru: stacked recurrent layers; transformer: blocks (default 10, 20, 1, 6)",
+                    like=0, valid="[0, inf)")
     width: int = _f(None, "mlp: units per hidden layer; resnet: channels of the first stage; rnn/lstm/gru: hidden "
-                          "size (default 256, 16, 128)", like=0, valid="[1, inf)")
-    activation: Any = _f("relu", "activation function (vgp ls activations); lstm/gru gates keep their own",
-                         spec="activations", archs=("mlp", "resnet", "rnn"))
+                          "size; transformer: d_model (default 256, 16, 128, 64)", like=0, valid="[1, inf)")
+    activation: Any = _f("relu", "activation function (vgp ls activations); lstm/gru gates keep their own; "
+                                 "transformer: its MLP's", spec="activations",
+                         archs=("mlp", "resnet", "rnn", "transformer"))
     init: Any = _f("default", "weight init of every layer, output layer included (vgp ls inits)", spec="inits")
     bias_init: Any = _f("default", "bias init of every layer (vgp ls inits)", spec="bias_inits")
-    norm: str = _f("none", "normalisation between the linear map and the activation", choices=["none", "batchnorm", "layernorm"],
-                   archs=("mlp", "resnet"))
+    norm: str = _f("none", "normalisation between the linear map and the activation; transformer: the norm that "
+                           "norm_position places (layernorm or rmsnorm)",
+                   choices=["none", "batchnorm", "layernorm", "rmsnorm"], archs=("mlp", "resnet", "transformer"))
     skip: bool = _f(False, "residual connection around every hidden block whose input and output widths match "
                            "(resnet: the ResNet; false: the plain net)", archs=("mlp", "resnet"))
     residual_scale: str = _f("none", "scaling of each residual branch: none; rezero: x + a*F(x), a learnable scalar a "
@@ -83,6 +86,15 @@ class ModelConfig:
                                         "(e.g. orthogonal, identity for the IRNN)", spec="inits",
                          archs=("rnn", "lstm", "gru"))
     forget_bias: float = _f(1.0, "lstm: forget-gate bias (b_ih; b_hh is 0)", archs=("lstm",))
+    heads: int = _f(4, "transformer: attention heads (width must be divisible by it)", valid="[1, inf)",
+                    archs=("transformer",))
+    mlp_ratio: int = _f(4, "transformer: the MLP's hidden width over width", valid="[1, inf)", archs=("transformer",))
+    norm_position: str = _f("pre", "transformer: where model.norm sits: pre (x + F(N(x)), a final N before the "
+                                   "head; Xiong et al. 2020), post (N(x + F(x)); Vaswani et al. 2017) or none",
+                            choices=["pre", "post", "none"], archs=("transformer",))
+    positions: str = _f("learned", "transformer: position embedding added to the embedded inputs: learned "
+                                   "(N(0, 0.02^2) at init), sinusoidal (fixed) or none",
+                        choices=["learned", "sinusoidal", "none"], archs=("transformer",))
 
 
 @dataclass
@@ -98,6 +110,8 @@ class TrainConfig:
     batch_size: int = _f(128, "examples per step, at most the training set's size (reshuffled every epoch)",
                          valid="[1, inf)")
     optimizer: Any = _f({"name": "sgd", "lr": 0.1}, "optimizer and its arguments (vgp ls optimizers)", spec="optimizers")
+    schedule: Any = _f("constant", "learning-rate schedule over train.steps, stepped after every update: constant, "
+                                   "warmup, warmup_cosine, step (vgp ls schedules)", spec="schedules")
     clip: ClipConfig = _section(ClipConfig, "gradient clipping")
     eval_every: int = _f(100, "evaluate on the test set every N steps (and after the last step)", valid="[1, inf)")
 
@@ -133,6 +147,8 @@ def _registry(name: str) -> Registry:
         from vgp.inits import BIAS_INITS as r
     elif name == "optimizers":
         from vgp.optim import OPTIMIZERS as r
+    elif name == "schedules":
+        from vgp.optim import SCHEDULES as r
     else:
         from vgp.data import DATASETS as r
     return r
@@ -244,7 +260,8 @@ def _build(raw: dict, cls, prefix: str, label):
     return cls(**kwargs)
 
 
-ARCH_DEFAULTS = {"mlp": (10, 256), "resnet": (20, 16), "rnn": (1, 128), "lstm": (1, 128), "gru": (1, 128)}
+ARCH_DEFAULTS = {"mlp": (10, 256), "resnet": (20, 16), "rnn": (1, 128), "lstm": (1, 128), "gru": (1, 128),
+                 "transformer": (6, 64)}
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,4})$")
 MAX_NAME = 200  # characters: a run name is a folder name (most file systems allow 255 bytes)
@@ -262,6 +279,11 @@ def _check(cfg: Config, label) -> None:
         bad("name", f"{len(cfg.name)} characters; at most {MAX_NAME} (it names a folder)")
     if not _DEVICE.match(cfg.device):
         bad("device", f"invalid value {shown(cfg.device)} (valid: auto, cpu, cuda, cuda:N)")
+    from vgp.optim import schedule_problem  # torch is imported lazily there
+
+    problem = schedule_problem(cfg.train.schedule, cfg.train.steps, cfg.train.optimizer.get("lr"))
+    if problem:
+        bad(f"train.schedule.{problem[0]}", problem[1])
     m = cfg.model
     depth, width = ARCH_DEFAULTS[m.arch]
     m.depth = depth if m.depth is None else m.depth
@@ -273,7 +295,7 @@ def _check(cfg: Config, label) -> None:
             blocks_per_stage(m.depth)
         except ConfigError as e:
             raise ConfigError(f"{label('model.depth')}: {e}") from None
-        if m.norm == "layernorm":
+        if m.norm in ("layernorm", "rmsnorm"):
             bad("model.norm", "a resnet takes none or batchnorm")
     if m.arch in ("rnn", "lstm", "gru"):
         if m.norm != "none" or m.skip:
@@ -281,7 +303,31 @@ def _check(cfg: Config, label) -> None:
                 f"{m.arch} takes neither a norm nor skips (norm: none, skip: false)")
         if m.depth < 1:
             bad("model.depth", f"{m.arch} needs at least 1 layer, got {m.depth}")
+    if m.arch == "transformer":
+        _check_transformer(m, bad)
     _check_fixes(m, bad)
+
+
+def _check_transformer(m: ModelConfig, bad) -> None:
+    if m.skip:
+        bad("model.skip", "a transformer's blocks are always residual; leave model.skip false")
+    if m.depth < 1:
+        bad("model.depth", f"a transformer needs at least 1 block, got {m.depth}")
+    if m.width % m.heads:
+        bad("model.heads", f"model.width {m.width} is not divisible by {m.heads} heads; use a width that is a "
+                           f"multiple of model.heads (e.g. model.width={max(m.heads, m.width // m.heads * m.heads)})")
+    if m.norm_position != "none" and m.norm not in ("layernorm", "rmsnorm"):
+        bad("model.norm", f"{shown(m.norm)} with model.norm_position={m.norm_position}: a transformer takes "
+                          f"layernorm or rmsnorm (set model.norm=layernorm, or model.norm_position=none for no norm)")
+    if m.norm_position == "none" and m.norm != "none":
+        bad("model.norm", f"{m.norm} with model.norm_position=none: say where it goes (model.norm_position=pre or "
+                          f"post), or set model.norm=none")
+    if m.residual_scale == "deepnorm" and m.norm_position != "post":
+        bad("model.residual_scale", f"deepnorm scales a post-LN transformer (model.norm_position=post); got "
+                                    f"norm_position={m.norm_position}")
+    if m.residual_scale == "rezero" and m.norm_position == "post":
+        bad("model.residual_scale", "rezero makes each block the identity at init only where no norm acts on the "
+                                    "residual stream: use model.norm_position=pre or none")
 
 
 def _check_fixes(m: ModelConfig, bad) -> None:

@@ -35,7 +35,8 @@ DEPTH = "model.depth"
 NONE = "none"  # --col none: no facet there (its axis is averaged over)
 # constant keys worth naming in a title: what a reader needs to know the runs were
 TITLE_KEYS = ("model.arch", "model.depth", "model.width", "model.activation.name", "model.init.name", "model.norm",
-              "model.skip", "data.name", "train.optimizer.name", "train.optimizer.lr")
+              "model.norm_position", "model.skip", "model.residual_scale", "data.name", "train.optimizer.name",
+              "train.optimizer.lr")
 # colour-blind-safe qualitative colours: matplotlib's tab10, then two more
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#000000", "#aec7e8"]
@@ -285,7 +286,8 @@ def colour_norm(f: Facet):
 
 def fixed_text(s: studies.Study, where=()) -> str:
     """'where depth=20; arch=mlp, width=128, data=teacher': the conditions, then the constant keys
-    that say what the runs were (norm and skip only when they are on)."""
+    that say what the runs were (norm, skip and residual scaling only when they are on; keys only where
+    the runs' architecture uses them)."""
     const = s.constant()  # a key blank for some runs (an LSTM's activation) is not constant over them
     named = set()
     for item in where:
@@ -294,7 +296,7 @@ def fixed_text(s: studies.Study, where=()) -> str:
         except UserError:
             pass
     keys = [k for k in TITLE_KEYS if k in const and k not in named and s.table[k].notna().all()
-            and not (k == "model.norm" and const[k] == "none")
+            and not (k in ("model.norm", "model.residual_scale") and const[k] == "none")
             and not (k == "model.skip" and not const[k])]
     names = studies.labels(keys)
     parts = [f"{names[k]}={value_text(_plain(const[k]))}" for k in keys]

@@ -7,6 +7,8 @@ rejects them with the key's name instead of a run failing at its first step.
 
 from __future__ import annotations
 
+import math
+
 from vgp.registry import LazyModule, Registry
 
 torch = LazyModule("torch")  # imported on first use: vgp ls needs no torch
@@ -109,3 +111,73 @@ def state_copies(spec: dict) -> int:
     if name == "rmsprop":
         return 1 + (spec["momentum"] > 0)
     return 1  # adagrad
+
+
+# -- learning-rate schedules -------------------------------------------------------------------------
+#
+# A schedule is built with the optimizer and the run's ``train.steps`` and stepped once after each
+# optimizer step, so that update s (0-based) uses lr(s) below, where lr is the optimizer's lr. The
+# closed forms are written out in LambdaLR factors rather than chained from LinearLR,
+# CosineAnnealingLR and SequentialLR: those compute each step's lr from the previous one (the
+# "chainable" form), which drifts by rounding and has had off-by-one errors at SequentialLR's
+# milestones; a factor of s is exact and is what the tests compare with. Step decay is torch's StepLR
+# (lr * gamma ** (s // step_size)). Which arguments fit train.steps is checked by vgp.config.
+
+SCHEDULES = Registry("schedule")
+
+
+def warmup_factor(s: int, warmup_steps: int, start_factor: float) -> float:
+    """The linear warm-up's factor at step s: start_factor at s = 0, rising linearly to 1 at s =
+    warmup_steps, then 1 (Goyal et al. 2017, "Accurate, large minibatch SGD", section 2.2)."""
+    if s >= warmup_steps:
+        return 1.0
+    return start_factor + (1.0 - start_factor) * s / warmup_steps
+
+
+@SCHEDULES.register("constant", "the optimizer's lr at every step")
+def constant(opt, steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+@SCHEDULES.register("warmup", "linear warm-up from start_factor * lr at step 0 to lr at step warmup_steps, "
+                              "then constant (Goyal et al. 2017)",
+                    ranges={"warmup_steps": "[0, inf)", "start_factor": "[0, 1]"})
+def warmup(opt, steps: int, warmup_steps: int = 100, start_factor: float = 0.0):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_factor(s, warmup_steps, start_factor))
+
+
+@SCHEDULES.register("warmup_cosine", "linear warm-up, then cosine decay from lr to min_lr at step train.steps "
+                                     "(Loshchilov & Hutter 2017, SGDR, without restarts)",
+                    ranges={"warmup_steps": "[0, inf)", "start_factor": "[0, 1]", "min_lr": "[0, inf)"})
+def warmup_cosine(opt, steps: int, warmup_steps: int = 100, start_factor: float = 0.0, min_lr: float = 0.0):
+    """lr(s) = warm-up for s < W, then min_lr + (lr - min_lr) (1 + cos(pi (s - W) / (steps - W))) / 2:
+    lr at s = W, min_lr at s = steps (the final evaluation's row). Needs W < steps."""
+    def factor(s: int, base: float) -> float:
+        if s < warmup_steps:
+            return warmup_factor(s, warmup_steps, start_factor)
+        t = min(s - warmup_steps, steps - warmup_steps) / (steps - warmup_steps)
+        return (min_lr + (base - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))) / base
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, [lambda s, b=g["lr"]: factor(s, b) for g in opt.param_groups])
+
+
+@SCHEDULES.register("step", "multiply the lr by gamma every step_size steps: lr * gamma ** (s // step_size)",
+                    ranges={"step_size": "[1, inf)", "gamma": "(0, 1]"})
+def step(opt, steps: int, step_size: int = 100, gamma: float = 0.1):
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
+
+
+def schedule_problem(spec: dict, steps: int, lr: float | None) -> tuple[str, str] | None:
+    """(argument, what is wrong) where a resolved schedule spec does not fit a run of ``steps`` steps
+    with the optimizer's ``lr``, else None."""
+    name = spec["name"]
+    w = spec.get("warmup_steps")
+    if name == "warmup" and w > steps:
+        return "warmup_steps", f"{w} is more than train.steps ({steps}); use at most {steps}"
+    if name == "warmup_cosine" and w >= steps:
+        return "warmup_steps", f"{w} leaves no steps to decay over (train.steps is {steps}); use less than {steps}"
+    if name == "warmup_cosine" and lr is not None and spec["min_lr"] > lr:
+        return "min_lr", f"{spec['min_lr']:g} is above the optimizer's lr ({lr:g}); the decay goes down to it"
+    if name == "step" and spec["step_size"] > steps:
+        return "step_size", f"{spec['step_size']} is more than train.steps ({steps}): the lr would never decay"
+    return None

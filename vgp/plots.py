@@ -335,7 +335,13 @@ def heatmap(run: analysis.Run, ycol: str = "layer") -> plt.Figure:
     group.step_ticks(ax, steps)
     ax.set_xlabel("training step")
     ax.set_ylabel(label)
-    group.integer_ticks(ax.yaxis)
+    if ycol == "layer" and len(ys) > 1 and np.any(np.diff(ys) != 1) and "name" in g:
+        # only some layers have output_grad (a transformer: embed, blocks.i, head): rows by name
+        names = g.drop_duplicates("layer").set_index("layer")["name"]
+        rows = np.unique(np.linspace(0, len(ys) - 1, min(len(ys), 16)).round().astype(int))
+        ax.set_yticks(rows + ys.min(), [f"{names.get(ys[i], ys[i])} ({ys[i]})" for i in rows], fontsize=7)
+    else:
+        group.integer_ticks(ax.yaxis)
     fig.colorbar(mesh, ax=ax, label=f"log10 {what.split(' ')[0]}")
     masked = int((~ok).sum())
     ax.set_title(f"log10 {what} by {label} and step - {run.name}{_unfinished(run)}" +

@@ -40,6 +40,8 @@ from vgp.errors import ConfigError, UserError, clipped
 FLOAT = 4  # bytes: everything vgp trains is float32
 STACK_BYTES_PER_LAYER = 800  # measured: ~330 bytes of C stack per hooked layer when a graph is freed
 T_PROBE = (4, 8)  # sequence lengths of recurrent miniatures (their memory is linear in T)
+SEQUENCE = ("rnn", "lstm", "gru", "transformer")  # nets on sequences (T, F), probed at the lengths T_PROBE
+BLOCK_CHAIN = 16  # a transformer block's chain of autograd nodes, counted as layers for max_depth
 MAX_EXAMPLE = 10 ** 6  # values in one example (CIFAR-10: 3,072; a 3x224x224 image: 150,528)
 MAX_OUTPUTS = 10 ** 6  # classes or regression outputs
 
@@ -80,10 +82,10 @@ def check(cfg, source: str = "config", label=None, device: str | None = None) ->
     if m.arch == "resnet" and len(shapes.shape) != 3:
         bad("model.arch", f"a resnet needs image data of shape (C, H, W); data '{name}' gives inputs of shape "
                           f"{shapes.shape} (image sets: digits, mnist, fashion_mnist, cifar10)")
-    if m.arch in ("rnn", "lstm", "gru") and len(shapes.shape) != 2:
+    if m.arch in SEQUENCE and len(shapes.shape) != 2:
         bad("model.arch", f"{m.arch} needs sequences of shape (T, F); data '{name}' gives inputs of shape "
-                          f"{shapes.shape} (sequence sets: adding, copy, seq_digits, seq_mnist)")
-    chain = m.depth + 1 if m.arch == "mlp" else m.depth
+                          f"{shapes.shape} (sequence sets: adding, copy, markov, seq_digits, seq_mnist)")
+    chain = m.depth + 1 if m.arch == "mlp" else m.depth * BLOCK_CHAIN if m.arch == "transformer" else m.depth
     limit = max_depth()
     if chain > limit:
         bad("model.depth", f"{m.depth} layers is too deep for this process: PyTorch frees the graph of a recorded "
@@ -103,7 +105,7 @@ def check(cfg, source: str = "config", label=None, device: str | None = None) ->
 
     recurrent = m.arch in ("rnn", "lstm", "gru")
     probe = _probe(m.arch, m.depth, m.norm, m.skip, _frozen(m.activation), _forget_bias(m), shapes.shape,
-                   shapes.num_outputs, shapes.task, shapes.target, t.batch_size == 1)
+                   shapes.num_outputs, shapes.task, shapes.target, t.batch_size == 1, _extra(m))
     if probe.error and "more than 1 value per channel" in probe.error:
         bad(probe.key, f"{t.batch_size} with model.norm=batchnorm: batch norm needs more than one value per "
                        f"channel in training (PyTorch: {probe.error}); use train.batch_size >= 2 or another "
@@ -134,6 +136,13 @@ class Probe:
     where: str = ""
 
 
+def _extra(m):
+    """The transformer's own settings that shape its miniature (heads is not one: miniatures have 1 head)."""
+    if m.arch != "transformer":
+        return None
+    return (m.mlp_ratio, m.norm_position, m.residual_scale, m.positions)
+
+
 def _forget_bias(m):
     return m.forget_bias if m.arch == "lstm" else None  # the other nets do not use it: one probe for all
 
@@ -153,10 +162,10 @@ def _thaw(value):
 
 @functools.lru_cache(maxsize=4096)
 def _probe(arch, depth, norm, skip, activation, forget_bias, shape, num_outputs, task, target,
-           one_example: bool) -> Probe:
+           one_example: bool, extra: tuple | None = None) -> Probe:
     import torch
 
-    recurrent = arch in ("rnn", "lstm", "gru")
+    recurrent = arch in SEQUENCE
     lengths = T_PROBE if recurrent else (None,)
     params, saved, outs = {}, {}, {}
     threads = torch.get_num_threads()
@@ -167,7 +176,7 @@ def _probe(arch, depth, norm, skip, activation, forget_bias, shape, num_outputs,
             for width in (1, 2, 3):
                 for T in lengths:
                     p, s, o = _miniature(arch, depth, norm, skip, _thaw(activation), forget_bias, shape, num_outputs,
-                                         task, target, one_example, width, T, backward=width > 1)
+                                         task, target, one_example, width, T, backward=width > 1, extra=extra)
                     params[width] = p
                     if width > 1:
                         saved[width, T], outs[width, T] = s, o
@@ -191,7 +200,7 @@ class _Rejected(Exception):
 
 
 def _miniature(arch, depth, norm, skip, activation, forget_bias, shape, num_outputs, task, target, one_example,
-               width, T, backward) -> tuple[int, float, float]:
+               width, T, backward, extra=None) -> tuple[int, float, float]:
     """Build the net ``width`` units wide (sequences cut to ``T`` steps) and, if ``backward``, run a
     training step and an evaluation pass on zeros. Returns (parameters, bytes saved for backward per
     example, largest module output per example in elements)."""
@@ -208,6 +217,9 @@ def _miniature(arch, depth, norm, skip, activation, forget_bias, shape, num_outp
     model_cfg = config.ModelConfig(arch=arch, depth=depth, width=width, activation=activation, init=default,
                                    bias_init=default, norm=norm, skip=skip, recurrent_init=default,
                                    forget_bias=forget_bias)
+    if extra is not None:  # transformer: one head, so that widths 1, 2, 3 divide
+        model_cfg.heads = 1
+        model_cfg.mlp_ratio, model_cfg.norm_position, model_cfg.residual_scale, model_cfg.positions = extra
     n = 1 if one_example else 2
     x = torch.zeros((n,) + tuple(shape))
     y = torch.zeros((n,) + tuple(target), dtype=torch.int64 if task == "classification" else torch.float32)
@@ -308,12 +320,14 @@ def estimate(cfg, shapes=None, probe: Probe | None = None) -> dict:
 
     m, t = cfg.model, cfg.train
     shapes = shapes or datasets.shapes(cfg.data)
-    recurrent = m.arch in ("rnn", "lstm", "gru")
+    recurrent = m.arch in SEQUENCE
     probe = probe or _probe(m.arch, m.depth, m.norm, m.skip, _frozen(m.activation), _forget_bias(m), shapes.shape,
-                            shapes.num_outputs, shapes.task, shapes.target, t.batch_size == 1)
+                            shapes.num_outputs, shapes.task, shapes.target, t.batch_size == 1, _extra(m))
     T = shapes.shape[0] if recurrent else None
     a, b, c = probe.params
     n_params = a + b * m.width + c * m.width ** 2
+    if m.arch == "transformer" and m.positions == "learned":  # the miniatures' (T, width) positions had T_PROBE[-1]
+        n_params += (T - T_PROBE[-1]) * m.width
     # weights, gradients, optimizer state, the recorder's snapshot, and the step's temporaries (PyTorch's
     # foreach kernels: one parameter-sized tensor, two for the adaptive methods)
     temporaries = 1 if t.optimizer["name"] == "sgd" else 2
@@ -321,7 +335,9 @@ def estimate(cfg, shapes=None, probe: Probe | None = None) -> dict:
     # autograd's saved tensors for a batch, the gradients flowing back (about as large again, at the
     # widest point: counted as half), and the recorder's per-time-step gradients of recurrent nets
     acts = _at(probe.saved, m.width, T) * t.batch_size * 1.5
-    if recurrent:
+    if m.arch == "transformer":  # attention scores (B, heads, T, T) per block, beyond what 1-head miniatures saw
+        acts += t.batch_size * m.heads * T * T * m.depth * FLOAT * 2
+    elif recurrent:
         acts += t.batch_size * T * m.depth * m.width * FLOAT
     chunk = min(4096, shapes.n_test)  # vgp.train.evaluate's chunks: input, output and a skip alive at once
     evals = chunk * FLOAT * 3 * (_at(probe.eval_out, m.width, T) + (T * m.width if recurrent else 0))

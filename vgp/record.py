@@ -34,6 +34,7 @@ from vgp.config import KINDS  # weight_grad, bias_grad, output_grad, weight, upd
 from vgp.models import Tracked
 
 ACT_KINDS = ("act_mean", "act_std", "saturation", "dead")
+WEIGHT_KINDS = ("weight_grad", "bias_grad", "weight", "update_ratio")  # not for a residual stream
 
 
 def _norms(tensors: list) -> list[torch.Tensor]:
@@ -112,8 +113,10 @@ class GradientRecorder:
             raise ValueError(f"{len(self.acts)} activations for {len(tracked)} tracked layers")
         self.activation = activation if isinstance(activation, Activation) else None  # the one for all, if so
         self.match_act = match_act
-        self.weights = [t.layer.weight for t in tracked]
-        own_biases = [_bias(t.layer) for t in tracked]
+        # an entry without a layer (a transformer block's residual stream) has no weight: output_grad only
+        self.has_weight = [t.layer is not None for t in tracked]
+        self.weights = [t.layer.weight for t in tracked if t.layer is not None]
+        own_biases = [_bias(t.layer) if t.layer is not None else None for t in tracked]
         self.has_bias = [b is not None for b in own_biases]
         self.biases = [b for b in own_biases if b is not None]
         self.has_act = [t.act is not None and a is not None for t, a in zip(tracked, self.acts)]
@@ -124,6 +127,7 @@ class GradientRecorder:
         self._act_in: list = []
         self._act_out: list = []
         self._bias_index = torch.tensor([i for i, b in enumerate(self.has_bias) if b], dtype=torch.long)
+        self._weight_index = torch.tensor([i for i, w in enumerate(self.has_weight) if w], dtype=torch.long)
         self.params = list(params) if params is not None else self.weights + self.biases
         pos = {id(p): k for k, p in enumerate(self.params)}
         self._weight_pos = torch.tensor([pos[id(w)] for w in self.weights])
@@ -163,6 +167,8 @@ class GradientRecorder:
                 if k in ACT_KINDS and not self.has_act[i]:
                     continue
                 if k == "output_grad" and not self.tracked[i].output:
+                    continue
+                if k in WEIGHT_KINDS and not self.has_weight[i]:
                     continue
                 if k not in self.kinds:
                     continue
@@ -240,9 +246,9 @@ class GradientRecorder:
         norms = torch.stack(_norms(grads))  # one per parameter tensor
         self.total_grad_norm = torch.linalg.vector_norm(norms)
         if self._weight_pos.device != norms.device:  # once: a copy from the host would wait for the GPU
-            self._weight_pos, self._bias_pos, self._bias_index = (
-                t.to(norms.device) for t in (self._weight_pos, self._bias_pos, self._bias_index))
-        values[row["weight_grad"]] = norms[self._weight_pos]
+            self._weight_pos, self._bias_pos, self._bias_index, self._weight_index = (
+                t.to(norms.device) for t in (self._weight_pos, self._bias_pos, self._bias_index, self._weight_index))
+        values[row["weight_grad"], self._weight_index] = norms[self._weight_pos].double()
         if self.biases:
             values[row["bias_grad"], self._bias_index] = norms[self._bias_pos].double()
         # a layer whose output got no gradient (not on the loss's path) has a zero output_grad
@@ -251,7 +257,7 @@ class GradientRecorder:
             values[row["output_grad"]] = torch.stack([g if g is not None else zero for g in self._out_grads])
         weights = [w.detach() for w in self.weights]
         if self._want_update or "weight" in self.kinds:
-            values[row["weight"]] = torch.stack(_norms(weights))
+            values[row["weight"], self._weight_index] = torch.stack(_norms(weights)).double()
         if self._want_update:
             torch._foreach_copy_(self._prev, weights)
         if self._want_act:
@@ -294,7 +300,9 @@ class GradientRecorder:
         values, self._values = self._values, None
         if self._want_update:
             torch._foreach_sub_(self._prev, [w.detach() for w in self.weights])  # W_old - W_new, in place
-            values[KINDS.index("update_ratio")] = torch.stack(_norms(self._prev)) / values[KINDS.index("weight")]
+            w = self._weight_index
+            moved = torch.stack(_norms(self._prev)).double()
+            values[KINDS.index("update_ratio"), w] = moved / values[KINDS.index("weight"), w]
         return values
 
     def _act_stats(self, values: torch.Tensor, row: dict) -> None:
@@ -304,7 +312,8 @@ class GradientRecorder:
         kernel per statistic instead of one per layer). ``act_mean``/``act_std``: over batch and
         units (population std). ``saturation``: fraction of (example, unit) entries with
         |phi'(pre-activation)| below 5% of its maximum. ``dead``: fraction of units (features;
-        for conv maps, channel-positions) whose output is zero for every example of the batch.
+        for conv maps, channel-positions; for sequences (B, T, H), position-features) whose output
+        is zero for every example of the batch.
         All four equal their float64 values computed from the float32 activations (the fractions
         exactly; saturation read off h may differ only where z is within rounding of the threshold).
         """

@@ -382,7 +382,8 @@ def from_config(cfg: dict, in_size: int | None = None, out_size: int | None = No
     them, else to the width (said in the notes). Raises NotApplicable with the reason."""
     m = cfg["model"]
     if m.get("arch", "mlp") != "mlp":
-        kind = "recurrent" if m["arch"] in ("rnn", "lstm", "gru") else "convolutional"
+        kind = {"rnn": "recurrent", "lstm": "recurrent", "gru": "recurrent", "resnet": "convolutional",
+                "transformer": "transformer (attention, norms and residual branches)"}.get(m["arch"], m["arch"])
         raise NotApplicable(f"model.arch={m['arch']}: a {kind} net; this theory covers plain fully connected nets")
     if m.get("norm", "none") != "none":
         raise NotApplicable(f"model.norm={m['norm']}: normalisation resets the forward variance at every layer")

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 import vgp
 from vgp import activations, analysis, config, data as datasets, results
 from vgp.errors import UserError
-from vgp.models import mlp, recurrent, resnet
-from vgp.optim import OPTIMIZERS
+from vgp.models import mlp, recurrent, resnet, transformer
+from vgp.optim import OPTIMIZERS, SCHEDULES
 from vgp.record import KINDS, GradientRecorder
 
 GRAD_COLUMNS = ["step", "layer", "name", "kind", "value"]
@@ -88,10 +88,15 @@ def build_model(model_cfg: config.ModelConfig, data: datasets.Data, init_batch: 
     else:
         if len(data.shape) != 2:
             raise UserError(f"model.arch: {m.arch} needs sequences of shape (T, F); data '{data.name}' gives inputs "
-                            f"of shape {tuple(data.shape)} (sequence sets: adding, copy, seq_digits, seq_mnist)")
+                            f"of shape {tuple(data.shape)} (sequence sets: adding, copy, markov, seq_digits, "
+                            f"seq_mnist)")
+        per_step = data.y_train.dim() == 2 and data.task == "classification"
+        if m.arch == "transformer":
+            net = transformer(data.shape, data.num_outputs, m.width, m.depth, m.heads, m.mlp_ratio, act, m.init,
+                              m.bias_init, m.norm, m.norm_position, m.residual_scale, m.positions, per_step)
+            return net, act
         net = recurrent(m.arch, data.shape, data.num_outputs, m.width, m.depth, act, m.init, m.bias_init,
-                        m.recurrent_init, m.forget_bias, per_step=data.y_train.dim() == 2 and
-                        data.task == "classification")
+                        m.recurrent_init, m.forget_bias, per_step=per_step)
     return net, act
 
 
@@ -276,6 +281,7 @@ def _run_in(cfg: config.Config, folder: Path, device: torch.device, quiet: bool)
         model.to(device).train()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = OPTIMIZERS.build(cfg.train.optimizer, params)
+        schedule = SCHEDULES.build(cfg.train.schedule, opt, cfg.train.steps)
         criterion = loss_fn(data.task)
         recorder = GradientRecorder(model.tracked(), act, params, cfg.log.kinds, model)
         grad_csv = results.CsvStream(folder / "grad_norms.csv", GRAD_COLUMNS)
@@ -285,8 +291,8 @@ def _run_in(cfg: config.Config, folder: Path, device: torch.device, quiet: bool)
         if recorder.model is not None:  # recurrent: dLoss/dh_t per time step
             time_csv = results.CsvStream(folder / "time_grads.csv", TIME_COLUMNS)
             streams.append(time_csv)
-        outcome = _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics_csv, time_csv,
-                         quiet)
+        outcome = _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_csv, metrics_csv,
+                         time_csv, quiet)
 
         # -- finish: CSVs get their final names, then the summary marks the folder finished ----
         for s in streams:
@@ -347,8 +353,11 @@ def _record_end(folder: Path, streams: list, e: BaseException, device, started: 
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics_csv, time_csv, quiet) -> dict:
-    """The loop. Returns the summary's outcome columns."""
+def _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_csv, metrics_csv, time_csv,
+           quiet) -> dict:
+    """The loop. Returns the summary's outcome columns. ``schedule``: a torch lr scheduler, stepped
+    after every update; metrics.csv's ``lr`` is the lr that the row's update used (the final
+    evaluation's row: the schedule's value at step train.steps, where no update follows)."""
     device = data.x_train.device
     clip, steps, every, eval_every = cfg.train.clip, cfg.train.steps, cfg.log.every, cfg.train.eval_every
     pairs = recorder.applicable()  # (kind, layer index) rows written to grad_norms.csv
@@ -402,7 +411,9 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
             finite.append(torch.isfinite(norm) & torch.isfinite(pending[-1]))
             if clip.mode == "value":
                 torch.nn.utils.clip_grad_value_(params, clip.value)
+            lr = opt.param_groups[0]["lr"]  # what this update uses
             opt.step()
+            schedule.step()
             done = step + 1
             if not recording:
                 continue
@@ -430,7 +441,7 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
                 time_csv.write_values(step, [f"{k},{t}" for k, t in recorder.time_keys], time_norms)
 
             grad_csv.write_values(step, grad_prefixes, [flat[j] for j in flat_index])
-            metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), opt.param_groups[0]["lr"],
+            metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), lr,
                                 round(elapsed, 4), test_loss, test_acc]])
             if step == 0 and "output_grad" in cfg.log.kinds:
                 grad_ratio = _grad_ratio(flat, recorder)
@@ -464,6 +475,8 @@ def _train(cfg, model, data, opt, criterion, params, recorder, grad_csv, metrics
 
 def _grad_ratio(flat: list[float], recorder: GradientRecorder) -> float | None:
     """output_grad of layer 1 over that of the last hidden layer (None without hidden layers, and for
-    recurrent nets, whose layers' signal is in time_grads.csv)."""
-    hidden = [i for i, t in enumerate(recorder.tracked) if t.output and t.act is not None]
+    recurrent nets, whose layers' signal is in time_grads.csv); for a transformer, of the residual
+    stream after the first block over that after the last."""
+    hidden = [i for i, t in enumerate(recorder.tracked) if t.layer is None and t.stream is not None] or \
+        [i for i, t in enumerate(recorder.tracked) if t.output and t.act is not None]
     return recorder.output_grad_ratio(flat, hidden) if hidden else None

@@ -1,4 +1,4 @@
-"""Sequence tasks for recurrent nets; inputs are (N, T, F).
+"""Sequence tasks for recurrent nets and transformers; inputs are (N, T, F).
 
 ``adding`` and ``copy`` are generated from the seed exactly as the literature defines them
 (raw inputs, not standardised: the markers and one-hot symbols are the task). Every task
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from vgp.data import DATASETS, Data, Shapes
+from vgp.errors import DataError
 from vgp.data.images import _FILE_SET_RANGES, DIGITS, _mnist_sizes, _torchvision_mnist, digits
 from vgp.registry import LazyModule
 
@@ -65,6 +66,57 @@ def copy(seed, seq_len: int = 100, length: int = 10, symbols: int = 8, n_train: 
     baseline = length * math.log(symbols) / total
     return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], (total, symbols + 2), symbols + 1,
                 "classification", {"task_metric": "cross_entropy", "task_baseline": baseline})
+
+
+MAX_CONTEXTS = 2 ** 22  # rows of a Markov language's table (vocab ** order)
+
+
+def _markov_shapes(seq_len=32, vocab=16, order=2, branching=2, n_train=4000, n_test=500) -> Shapes:
+    if vocab ** order > MAX_CONTEXTS:
+        raise DataError(f"data.order: vocab ** order = {vocab}^{order} contexts, more than {MAX_CONTEXTS:,} (the "
+                        f"language's table); use a smaller data.vocab or data.order")
+    return Shapes((seq_len, vocab), vocab, n_train, n_test, "classification", (seq_len,),
+                  build_bytes=8 * vocab ** order * (vocab + min(branching, vocab)))
+
+
+@DATASETS.register("markov", "next-token prediction on a synthetic language: a random order-k Markov chain over "
+                             "`vocab` symbols (one-hot inputs, a class per step)",
+                   ranges={"seq_len": "[1, inf)", "vocab": "[2, inf)", "order": "[1, inf)", "branching": "[1, inf)",
+                           **_SIZES},
+                   shapes=lambda a: _markov_shapes(**a))
+def markov(seed, seq_len: int = 32, vocab: int = 16, order: int = 2, branching: int = 2, n_train: int = 4000,
+           n_test: int = 500):
+    """A language generated from the seed, offline: each context of the last ``order`` symbols allows
+    ``branching`` next symbols (drawn without repeats; all of them if branching >= vocab), equally
+    likely; the first ``order`` symbols are uniform. x: one-hot symbols 1..T of a sequence of T + 1,
+    y: symbols 2..T + 1 (a causal model predicts each from those before it).
+
+    Baseline (remembers nothing): the entropy of the symbols' frequencies in the training targets.
+    The best possible cross-entropy, ``task_best``, is known exactly: the first order - 1 targets are
+    uniform (ln vocab), every later one has ``branching`` choices (ln branching)."""
+    _markov_shapes(seq_len, vocab, order, branching, n_train, n_test)
+    g = torch.Generator().manual_seed(seed)
+    b = min(branching, vocab)
+    n, contexts = n_train + n_test, vocab ** order
+    table = torch.rand(contexts, vocab, generator=g).argsort(1)[:, :b]  # (V^k, b): the allowed next symbols
+    tokens = torch.empty(n, seq_len + 1, dtype=torch.long)
+    first = min(order, seq_len + 1)
+    tokens[:, :first] = torch.randint(0, vocab, (n, first), generator=g)
+    ctx = torch.zeros(n, dtype=torch.long)  # the last `order` symbols as a base-vocab number
+    for t in range(first):
+        ctx = ctx * vocab + tokens[:, t]
+    choice = torch.randint(0, b, (n, seq_len + 1), generator=g)
+    for t in range(first, seq_len + 1):
+        tokens[:, t] = table[ctx, choice[:, t]]
+        ctx = (ctx % vocab ** (order - 1)) * vocab + tokens[:, t]
+    x = torch.nn.functional.one_hot(tokens[:, :-1], vocab).float()  # (N, T, vocab)
+    y = tokens[:, 1:]  # (N, T)
+    counts = torch.bincount(y[:n_train].flatten(), minlength=vocab).float()
+    p = counts[counts > 0] / counts.sum()
+    uniform = min(order - 1, seq_len)
+    best = (uniform * math.log(vocab) + (seq_len - uniform) * math.log(b)) / seq_len
+    return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], (seq_len, vocab), vocab, "classification",
+                {"task_metric": "cross_entropy", "task_baseline": float(-(p * p.log()).sum()), "task_best": best})
 
 
 def _seq_shape(side: int, order: str) -> tuple:

@@ -15,15 +15,17 @@ class Tracked:
     ``act`` is the activation module applied after it (after the norm, if any); None for the
     output layer. ``output`` is False for recurrent weights, which act inside a cell at every
     time step: they have weight kinds only (their signal is in time_grads.csv), and ``layer``
-    is then any object with ``weight`` and ``bias`` attributes.
-    ``stream``: where the layer's output_grad is taken instead of z_l, for residual branches scaled
-    by ReZero's a (``model.residual_scale=rezero``), whose z_l gets a times the gradient, exactly 0
-    at initialisation: the module whose output is the residual stream h_l after the layer's block
-    (output_grad is then ||dLoss/dh_l||; the weight kinds stay the layer's own).
+    is then any object with ``weight`` and ``bias`` attributes; a transformer's attention and MLP
+    linears have weight kinds only too (output=False), their block's signal being its stream's.
+    ``stream``: the module whose output is the residual stream h_l after the layer's block, where
+    output_grad (||dLoss/dh_l||) is taken instead of at z_l: for branches scaled by ReZero's a
+    (``model.residual_scale=rezero``), whose z_l gets a times the gradient, exactly 0 at
+    initialisation, and for a transformer's blocks. ``layer`` None: an entry with no weight of its
+    own, output_grad only (a transformer's ``blocks.i``, the stream after block i).
     """
 
     name: str
-    layer: object
+    layer: object | None
     act: nn.Module | None
     output: bool = True
     stream: nn.Module | None = None
@@ -32,3 +34,4 @@ class Tracked:
 from vgp.models.mlp import MLP, mlp  # noqa: E402,F401
 from vgp.models.resnet import RESNET_DEPTHS, ResNet, resnet  # noqa: E402,F401
 from vgp.models.rnn import RecurrentNet, recurrent  # noqa: E402,F401
+from vgp.models.transformer import Transformer, transformer  # noqa: E402,F401

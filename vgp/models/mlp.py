@@ -24,6 +24,8 @@ def make_norm(norm: str, width: int, dims: int = 1) -> nn.Module:
         return nn.BatchNorm1d(width) if dims == 1 else nn.BatchNorm2d(width)
     if norm == "layernorm":
         return nn.LayerNorm(width)
+    if norm == "rmsnorm":
+        return nn.RMSNorm(width)
     return nn.Identity()
 
 
