@@ -75,13 +75,14 @@ SCHEMAS = {
                            numbers=("value",), texts=("kind",)),
     "metrics.csv": dict(columns=("step", "loss"), integers=("step",),
                         numbers=("loss", "acc", "grad_norm", "grad_norm_clipped", "lr", "elapsed_s", "test_loss",
-                                 "test_acc")),
+                                 "test_acc", "loss_scale", "skipped")),
     "time_grads.csv": dict(columns=("step", "layer", "t", "value"), integers=("step", "layer", "t"),
                            numbers=("value",)),
     "summary.csv": dict(columns=("status",),
                         numbers=("steps_done", "final_loss", "final_test_loss", "final_test_acc", "grad_ratio",
                                  "decay_per_layer", "decay_per_layer_last", "decay_per_step", "decay_per_block",
-                                 "predicted_decay_per_layer", "wall_s")),
+                                 "predicted_decay_per_layer", "wall_s", "skipped_steps", "underflow_max",
+                                 "underflow_max_last")),
 }
 
 

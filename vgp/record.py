@@ -141,7 +141,7 @@ class GradientRecorder:
         self._values: torch.Tensor | None = None
         self._buffers: dict = {}  # (shape, layers) -> (index, stacked activations, scratch)
         self.tiny = torch.finfo(dtype).tiny  # 6.1e-5 for float16; 1.2e-38 for bfloat16 and float32
-        self._flat: tuple | None = None  # underflow: every weight gradient in one float and one bool buffer
+        self._flat: tuple | None = None  # underflow: sizes, and a float and a bool scratch buffer
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self):
@@ -306,19 +306,21 @@ class GradientRecorder:
         so compare precisions of one net rather than read a ReLU net's count as underflow alone.
         ``grads``: every parameter's gradient (zeros where None), ``norms`` their norms (to put the
         result on the right device). No host synchronisation: the counts stay on the device."""
-        if self._flat is None:  # once: buffers for all weight gradients, reused every recorded step
+        if self._flat is None:  # once: scratch for the largest weight gradient, reused layer by layer
             sizes = [w.numel() for w in self.weights]
-            self._flat = (sizes, torch.tensor(sizes, dtype=torch.float64, device=norms.device),
-                          torch.empty(sum(sizes), device=norms.device),
-                          torch.empty(sum(sizes), dtype=torch.bool, device=norms.device))
-        sizes, n, flat, below = self._flat
-        torch.cat([grads[k].detach().reshape(-1) for k in self._weight_list], out=flat)
-        thr = torch.full((), self.tiny, device=flat.device)
+            self._flat = (torch.tensor(sizes, dtype=torch.float64, device=norms.device),
+                          torch.empty(max(sizes), device=norms.device),
+                          torch.empty(max(sizes), dtype=torch.bool, device=norms.device))
+        n, scratch, below = self._flat
+        thr = torch.full((), self.tiny, device=norms.device)
         if scale is not None:
             thr = thr / scale
-        torch.lt(flat.abs_(), thr, out=below)
-        counts = torch.stack([part.sum() for part in below.split(sizes)])  # int64: exact
-        return counts.double() / n
+        counts = []
+        for k in self._weight_list:  # a pass each for |g|, the comparison and the count; no cat, no allocation
+            g = grads[k].detach().reshape(-1)
+            size = g.numel()
+            counts.append(torch.lt(torch.abs(g, out=scratch[:size]), thr, out=below[:size]).sum())  # int64: exact
+        return torch.stack(counts).double() / n
 
     def output_grad_ratio(self, flat: list[float], layers: list[int]) -> float:
         """output_grad of ``layers[0]`` over that of ``layers[-1]`` (tracked-layer indices), read from
