@@ -206,6 +206,9 @@ def test_a_step_the_scaler_skips_is_not_divergence(tmp_path):
     assert m.loss.iloc[0] == m.loss.iloc[len(skipped)]  # skipped: the weights did not move
     assert m.loss.iloc[-1] < m.loss.iloc[0]
     assert m.lr.tolist() == pytest.approx([1e-4 * 0.5 ** (s // 2) for s in m.index])  # the schedule goes on
+    from vgp import analysis
+
+    assert analysis.diagnose(res.folder)["evidence"]["skipped_steps"] == len(skipped)
 
     # without the scaler the same gradients are finite: nothing is skipped
     res = run(_overflowing(name="none", train__loss_scale="none"), out=tmp_path, quiet=True)

@@ -734,6 +734,8 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
     for kind in ("saturation", "dead"):
         evidence[f"{kind}_first"] = _act_mean(g, first, kind)
         evidence[f"{kind}_last"] = _act_mean(g, last, kind)
+    met = run.metrics
+    evidence["skipped_steps"] = int(met.skipped.fillna(0).sum()) if "skipped" in met and len(met) else 0
     for name, step in (("first", first), ("last", last)):
         u = layer_norms(g, step, "underflow").dropna()  # the largest fraction over layers, and its layer
         evidence[f"underflow_{name}"] = float(u.max()) if len(u) else math.nan
@@ -869,6 +871,9 @@ def report(d: dict) -> str:
     sat = (f"; saturated units {_fmt(ev['saturation_first'], '.0%')} -> {_fmt(ev['saturation_last'], '.0%')}, "
            f"dead units {_fmt(ev['dead_first'], '.0%')} -> {_fmt(ev['dead_last'], '.0%')} (mean over hidden layers)")
     lines.append(loss + (sat if not math.isnan(ev["saturation_first"]) else ""))
+    if ev.get("skipped_steps"):
+        lines.append(f"  loss scaling: {ev['skipped_steps']} step(s) skipped because the scaled gradient overflowed "
+                     f"float16 (the scale was halved each time; not divergence)")
     if math.isfinite(ev.get("underflow_first", math.nan)):
         lines.append(f"  underflow (weight-gradient entries below the smallest normal number, largest over layers): "
                      f"{_fmt(ev['underflow_first'], '.0%')} (layer {ev['underflow_layer_first']}) -> "
