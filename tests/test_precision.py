@@ -272,3 +272,15 @@ def test_what_a_non_finite_step_means(loss, norm, scale, ok, skipped):
                                      None if scale is None else torch.tensor(scale))
     assert bool(got_ok) == ok
     assert (None if got_skipped is None else bool(got_skipped)) == skipped
+
+
+def test_gradients_through_time_are_unscaled(tmp_path):
+    # dLoss/dh_t of a recurrent net is taken by a hook on the scaled backward pass: divided by S
+    out = {}
+    for prec in ("fp32", "fp16"):
+        raw = tiny(name=prec, model__arch="rnn", model__depth=1, model__width=16, train__precision=prec,
+                   train__steps=1, data={"name": "adding", "seq_len": 20, "n_train": 64, "n_test": 32})
+        t = pd.read_csv(run(config.from_dict(raw), out=tmp_path, quiet=True).folder / "time_grads.csv")
+        out[prec] = t[t.step == 0].set_index("t").value
+    assert pd.read_csv(tmp_path / "fp16" / "metrics.csv").loss_scale[0] == 65536
+    assert out["fp16"].tolist() == pytest.approx(out["fp32"].tolist(), rel=5e-2)
