@@ -370,6 +370,7 @@ def _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_cs
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16" and
                                   cfg.train.loss_scale == "dynamic")
     one = torch.ones((), device=device)
+    autocast = functools.partial(torch.autocast, device.type, dtype=amp) if amp else contextlib.nullcontext
 
     t_loop = time.perf_counter()
     with recorder, _progress(quiet, cfg.name, steps) as progress, warnings.catch_warnings():
@@ -387,7 +388,7 @@ def _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_cs
             # step: forward, backward, clip, update (with the recorder's three calls when recording)
             if recording:
                 recorder.start()
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with autocast():
                 logits = model(x)
                 loss = criterion(logits, y)  # float32: autocast runs losses in float32
             opt.zero_grad(set_to_none=True)
