@@ -60,6 +60,7 @@ def _reference(cfg, steps):
         metrics[(step, "loss")] = loss.item()
         metrics[(step, "grad_norm")] = total
         metrics[(step, "acc")] = (logits.argmax(1) == d.y_train).double().mean().item()
+        pre_grad = [t.layer.weight.grad.clone() for t in tracked]
         pre_clip = [(t.layer.weight.grad.double().norm().item(),
                      t.layer.bias.grad.double().norm().item() if t.layer.bias is not None else None)
                     for t in tracked]
@@ -73,6 +74,8 @@ def _reference(cfg, steps):
             layer = i + 1
             w = t.layer.weight
             grads[(step, layer, "weight_grad")], bias_grad = pre_clip[i]
+            # zero or below float32's smallest normal number (exact zeros: dead ReLU units' rows)
+            grads[(step, layer, "underflow")] = (pre_grad[i].double().abs() < 2.0 ** -126).double().mean().item()
             if bias_grad is not None:
                 grads[(step, layer, "bias_grad")] = bias_grad
             grads[(step, layer, "output_grad")] = zs[i].grad.double().norm().item()
@@ -146,7 +149,8 @@ def test_rows_are_tidy_and_named(tmp_path):
     assert not g.duplicated(["step", "layer", "kind"]).any()
     names = g.drop_duplicates("layer").set_index("layer").name.to_dict()
     assert names == {1: "blocks.0.linear", 2: "blocks.1.linear", 3: "blocks.2.linear", 4: "out"}
-    assert set(g[g.layer == 4].kind) == {"weight_grad", "bias_grad", "output_grad", "weight", "update_ratio"}
+    assert set(g[g.layer == 4].kind) == {"weight_grad", "bias_grad", "output_grad", "weight", "update_ratio",
+                                         "underflow"}
     assert (g[(g.step == 0) & (g.kind == "update_ratio")].value > 0).all()
 
 

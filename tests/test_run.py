@@ -29,7 +29,8 @@ def test_run_folder_explains_itself(tmp_path):
     assert meta["status"] == "completed" and meta["torch"] and meta["python"] and meta["ended"]
     m = pd.read_csv(f / "metrics.csv")
     assert list(m.columns) == ["step", "loss", "acc", "grad_norm", "grad_norm_clipped", "clipped", "lr", "elapsed_s",
-                               "test_loss", "test_acc"]
+                               "test_loss", "test_acc", "loss_scale", "skipped"]
+    assert (m.loss_scale.iloc[:-1] == 1).all() and (m.skipped.iloc[:-1] == 0).all()  # float32: no loss scaling
     assert list(m.step) == [0, 5, 10, 15, 20, 25, 29, 30]
     assert m.set_index("step").test_loss.dropna().index.tolist() == [0, 10, 20, 30]  # 30: after the last update
     s = pd.read_csv(f / "summary.csv")

@@ -119,3 +119,17 @@ def test_validate_rejects_a_bad_schedule(tmp_path, cli):
     assert "train.schedule.warmup_steps" in r.stderr and "more than train.steps" in r.stderr
     r = cli("run", path, "train.schedule.warmup_steps=5", "--out", tmp_path, "--quiet")
     assert r.returncode == 0, r.stderr
+
+
+def test_the_training_figure_draws_a_changing_lr(tmp_path):
+    from vgp import analysis, plots
+
+    lrs(tmp_path, {"name": "warmup", "warmup_steps": 8})
+    fig = plots.training(analysis.read_run(tmp_path / "t"))
+    twin = [ax for ax in fig.axes if ax.get_ylabel() == "learning rate"]
+    assert len(twin) == 1
+    x, y = twin[0].lines[0].get_data()
+    assert list(x) == list(range(STEPS + 1)) and y[0] == 0 and y[-1] == pytest.approx(0.1)
+    lrs(tmp_path / "c", "constant")  # a constant lr is not drawn
+    fig = plots.training(analysis.read_run(tmp_path / "c" / "t"))
+    assert not [ax for ax in fig.axes if ax.get_ylabel() == "learning rate"]

@@ -72,6 +72,8 @@ def _reference(cfg, steps):
         before = {n: m.weight.detach().clone() for n, m in lin.items()}
         for n, m in lin.items():
             out[(step, number[n], "weight_grad")] = m.weight.grad.double().norm().item()
+            out[(step, number[n], "underflow")] = (m.weight.grad.abs() < torch.finfo(torch.float32).tiny
+                                                   ).double().mean().item()
             out[(step, number[n], "bias_grad")] = m.bias.grad.double().norm().item()
             out[(step, number[n], "weight")] = before[n].double().norm().item()
         for i, z in fc1.items():

@@ -52,6 +52,7 @@ class Thresholds:
     stall: float = 0.02  # the loss fell by less than this fraction from the first to the last recorded steps: stalled
     saturated: float = 0.2  # a mean fraction of saturated units above this is called out as evidence
     dead: float = 0.2  # ... of dead units
+    underflow: float = 0.1  # a layer with more than this fraction of its weight gradient's entries underflowed
     rise: float = 100.0  # a layer (time step) whose norm is above rise x the output layer's (last step's) is blown up
 
 
@@ -74,13 +75,14 @@ SCHEMAS = {
                            numbers=("value",), texts=("kind",)),
     "metrics.csv": dict(columns=("step", "loss"), integers=("step",),
                         numbers=("loss", "acc", "grad_norm", "grad_norm_clipped", "lr", "elapsed_s", "test_loss",
-                                 "test_acc")),
+                                 "test_acc", "loss_scale", "skipped")),
     "time_grads.csv": dict(columns=("step", "layer", "t", "value"), integers=("step", "layer", "t"),
                            numbers=("value",)),
     "summary.csv": dict(columns=("status",),
                         numbers=("steps_done", "final_loss", "final_test_loss", "final_test_acc", "grad_ratio",
                                  "decay_per_layer", "decay_per_layer_last", "decay_per_step", "decay_per_block",
-                                 "predicted_decay_per_layer", "wall_s")),
+                                 "predicted_decay_per_layer", "wall_s", "skipped_steps", "underflow_max",
+                                 "underflow_max_last")),
 }
 
 
@@ -541,7 +543,8 @@ def setup(cfg: dict) -> dict:
             "schedule": _name(t.get("schedule")) or "constant",
             "steps": t.get("steps") if isinstance(t.get("steps"), int) else None,
             "seq_len": data.get("seq_len") if isinstance(data.get("seq_len"), int) else None,
-            "order": data.get("order")}
+            "order": data.get("order"), "precision": t.get("precision") or "fp32",
+            "loss_scale": t.get("loss_scale") or "dynamic"}
 
 
 def _or(fixes: list[str]) -> str:
@@ -649,6 +652,35 @@ def construction_notes(s: dict) -> list[str]:
     return notes
 
 
+TINY = {"fp16": "6.1e-05", "bf16": "1.2e-38", "fp32": "1.2e-38"}  # smallest normal numbers (torch.finfo.tiny)
+
+
+def _underflow_advice(s: dict, ev: dict, th: dict) -> str | None:
+    """What the ``underflow`` kind says, where it says something: in fp16, gradients lost below its
+    smallest normal number; in float32 and bfloat16 (the same exponent range), exact zeros, which are
+    underflow only where no unit is dead (a dead unit's whole row of dW is an exact 0)."""
+    seen = [(ev.get(f"underflow_{n}", math.nan), n) for n in ("first", "last")]
+    seen = [(frac, n) for frac, n in seen if math.isfinite(frac)]
+    if not seen or max(f for f, _ in seen) <= th["underflow"]:
+        return None
+    frac, name = max(seen, key=lambda fn: fn[0])  # the first recorded step on a tie
+    prec = s["precision"]
+    dead = [ev.get("dead_first", math.nan), ev.get("dead_last", math.nan)]
+    if prec != "fp16" and any(x > 0 for x in dead if math.isfinite(x)):
+        return None  # zeros that dead units explain
+    where = (f"{_pct(frac)} of layer {ev[f'underflow_layer_{name}']}'s weight-gradient entries "
+             f"({ev[f'underflow_layers_{name}']} layer(s) over {_pct(th['underflow'])}) are zero or below "
+             f"{prec}'s smallest normal number {TINY[prec]} at the {'first' if name == 'first' else 'last'} "
+             f"recorded step")
+    if prec == "fp16":
+        fixes = (["dynamic loss scaling (train.loss_scale=dynamic)"] if s["loss_scale"] == "none" else []) \
+            + ["bf16, which has float32's range (train.precision=bf16)", "float32 (train.precision=fp32)"]
+        scaled = " even with loss scaling" if s["loss_scale"] != "none" else ""
+        return f"gradients underflow float16{scaled}: {where}: try {_or(fixes)}"
+    return (f"gradients underflow {'bfloat16' if prec == 'bf16' else 'float32'} to exact zeros: {where}; "
+            "the layers below learn nothing: shorten the path (model.skip=true) or fix the vanishing gradient")
+
+
 def advice(d: dict, cfg: dict) -> str:
     """One line of advice from both verdicts, the evidence (divergence, dead and saturated units, a
     stalled loss) and the config: never a change the config already has."""
@@ -692,6 +724,9 @@ def advice(d: dict, cfg: dict) -> str:
             fixes.insert(0, lower_lr)
         items.append(f"{_pct(dead[1])} of hidden units are dead at the last recorded step ({_pct(dead[0])} at "
                      f"step 0): try {_or(fixes or [lower_lr])}")
+    underflow = _underflow_advice(s, ev, th)
+    if underflow:
+        items.append(underflow)
     # saturation is the flat tails of sigmoid-like units (for ReLU, half its units sit on the flat side by design);
     # for a vanishing net it is already the reason given above
     if saturated and s["activation"] in SATURATING and bad != "vanishing":
@@ -752,6 +787,13 @@ def diagnose(folder: str | Path, th: Thresholds | None = None, run: Run | None =
     for kind in ("saturation", "dead"):
         evidence[f"{kind}_first"] = _act_mean(g, first, kind)
         evidence[f"{kind}_last"] = _act_mean(g, last, kind)
+    met = run.metrics
+    evidence["skipped_steps"] = int(met.skipped.fillna(0).sum()) if "skipped" in met and len(met) else 0
+    for name, step in (("first", first), ("last", last)):
+        u = layer_norms(g, step, "underflow").dropna()  # the largest fraction over layers, and its layer
+        evidence[f"underflow_{name}"] = float(u.max()) if len(u) else math.nan
+        evidence[f"underflow_layer_{name}"] = int(u.idxmax()) if len(u) else None
+        evidence[f"underflow_layers_{name}"] = int((u > th.underflow).sum()) if len(u) else 0
     if run.status == "diverged":
         evidence["diverged"] = True
     d0, dl = per_step["first"]["depth"] or {}, per_step["last"]["depth"] or {}
@@ -791,7 +833,8 @@ def summary_columns(folder: str | Path, run: Run | None = None) -> dict:
                 "decay_per_step": d["decay_per_step"], "verdict": d["verdict"], "verdict_last": d["verdict_last"],
                 **({"decay_per_block": d["decay_per_block"]} if math.isfinite(d["decay_per_block"]) else {}),
                 "predicted_decay_per_layer": t.get("predicted_decay_per_layer"), "theory_chi1": t.get("chi1"),
-                "theory_phase": t.get("phase")}
+                "theory_phase": t.get("phase"), "underflow_max": d["evidence"]["underflow_first"],
+                "underflow_max_last": d["evidence"]["underflow_last"]}
     except Exception as e:  # noqa: BLE001
         return {"verdict": f"error: {type(e).__name__}: {e}"}
 
@@ -884,6 +927,13 @@ def report(d: dict) -> str:
     sat = (f"; saturated units {_fmt(ev['saturation_first'], '.0%')} -> {_fmt(ev['saturation_last'], '.0%')}, "
            f"dead units {_fmt(ev['dead_first'], '.0%')} -> {_fmt(ev['dead_last'], '.0%')} (mean over hidden layers)")
     lines.append(loss + (sat if not math.isnan(ev["saturation_first"]) else ""))
+    if ev.get("skipped_steps"):
+        lines.append(f"  loss scaling: {ev['skipped_steps']} step(s) skipped because the scaled gradient overflowed "
+                     f"float16 (the scale was halved each time; not divergence)")
+    if math.isfinite(ev.get("underflow_first", math.nan)):
+        lines.append(f"  underflow (weight-gradient entries below the smallest normal number, largest over layers): "
+                     f"{_fmt(ev['underflow_first'], '.0%')} (layer {ev['underflow_layer_first']}) -> "
+                     f"{_fmt(ev['underflow_last'], '.0%')} (layer {ev['underflow_layer_last']})")
     lines.append(f"[bold]advice:[/bold] {d['advice']}")
     return "\n".join(lines)
 

@@ -228,13 +228,16 @@ class Run(analysis.Run):
       last = the output layer), ``name`` (str, the module's name), ``kind`` (str: ``weight_grad``,
       ``bias_grad`` (Frobenius norms of dLoss/dW, dLoss/db before clipping), ``output_grad`` (norm of
       dLoss/dz over the batch, z the layer's pre-activation), ``weight`` (norm of W), ``update_ratio``
-      (norm of the step's change of W over norm of W), and for hidden layers ``act_mean``, ``act_std``,
-      ``saturation``, ``dead`` (fractions)), ``value`` (float; 0 where float32 underflowed);
+      (norm of the step's change of W over norm of W), ``underflow`` (fraction of dLoss/dW's entries
+      that are zero or below the smallest normal number of train.precision, in the loss-scaled
+      backward pass), and for hidden layers ``act_mean``, ``act_std``, ``saturation``, ``dead``
+      (fractions)), ``value`` (float; 0 where float32 underflowed);
     * ``metrics``: ``metrics.csv``, one row per recorded step: ``step``, ``loss`` and ``acc`` (of the
       batch), ``grad_norm`` and ``grad_norm_clipped`` (total gradient norm before and after clipping),
-      ``clipped`` (whether clipping changed it), ``lr``, ``elapsed_s`` (seconds since training began),
+      ``clipped`` (whether clipping changed it), ``lr`` (the lr that step's update used), ``elapsed_s`` (seconds since training began),
       ``test_loss`` and ``test_acc`` (evaluation steps only, else NaN; the final evaluation after the
-      last update is step ``train.steps``);
+      last update is step ``train.steps``), ``loss_scale`` (fp16's loss scale at that step, 1 without
+      one) and ``skipped`` (updates the loss scaler skipped since the previous row, this one included);
     * ``time``: ``time_grads.csv`` of recurrent nets, ``step``, ``layer``, ``t`` (time step, 1-based),
       ``value`` (norm of dLoss/dh_t); None for other nets;
     * ``summary``: ``summary.csv``'s one row as a dict (the flattened config as dotted keys,

@@ -36,7 +36,7 @@ from vgp.registry import Registry, coerce, did_you_mean, interval
 # what the recorder can record per layer (vgp.record.KINDS; kept here so that validating a
 # config does not import torch)
 KINDS = ("weight_grad", "bias_grad", "output_grad", "weight", "update_ratio",
-         "act_mean", "act_std", "saturation", "dead")
+         "act_mean", "act_std", "saturation", "dead", "underflow")
 
 
 def _f(default, doc: str, choices=None, spec: str | None = None, like=None, valid: str | None = None,
@@ -113,6 +113,12 @@ class TrainConfig:
     schedule: Any = _f("constant", "learning-rate schedule over train.steps, stepped after every update: constant, "
                                    "warmup, warmup_cosine, step (vgp ls schedules)", spec="schedules")
     clip: ClipConfig = _section(ClipConfig, "gradient clipping")
+    precision: str = _f("fp32", "autocast dtype of the forward pass, the loss and evaluation (weights, gradients and "
+                                "optimizer state stay float32); on a CPU bf16 is about 3x and fp16 15-25x slower "
+                                "than fp32, and fp16 has no LSTM", choices=["fp32", "bf16", "fp16"])
+    loss_scale: str = _f("dynamic", "fp16: dynamic loss scaling (torch.amp.GradScaler; a step whose scaled gradient "
+                                    "overflows is skipped and the scale halved) or none; fp32 and bf16 never scale",
+                         choices=["dynamic", "none"])
     eval_every: int = _f(100, "evaluate on the test set every N steps (and after the last step)", valid="[1, inf)")
 
 

@@ -43,7 +43,7 @@ from vgp.results import check_creatable  # noqa: E402
 from vgp.registry import did_you_mean  # noqa: E402
 
 KINDS = ("profile", "heatmap", "time", "training", "summary")
-METRICS = ["step", "loss", "acc", "grad_norm", "grad_norm_clipped", "test_loss", "test_acc"]  # what training draws
+METRICS = ["step", "loss", "acc", "grad_norm", "grad_norm_clipped", "lr", "test_loss", "test_acc"]  # what training draws
 
 
 # -- the entry points ------------------------------------------------------------------------
@@ -378,7 +378,8 @@ def time_profile(run: analysis.Run, steps=None) -> plt.Figure:
 
 
 def training(run: analysis.Run) -> plt.Figure:
-    """Loss, accuracy and total gradient norm (pre- and post-clip) against step."""
+    """Loss, accuracy and total gradient norm (pre- and post-clip) against step; the learning rate on a
+    second axis of the loss panel where a schedule changes it."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), layout="constrained")
     m = run.metrics.reindex(columns=list(dict.fromkeys(list(run.metrics.columns) + METRICS)))  # old runs: empty
     tr, te = m.dropna(subset=["loss"]), m.dropna(subset=["test_loss"])
@@ -401,7 +402,14 @@ def training(run: analysis.Run) -> plt.Figure:
         ax.grid(True, alpha=0.3)
     for ax in (axes[0], axes[2]):
         _log_if_wide(ax)
-    _legend_outside(fig, axes)
+    lr = m.dropna(subset=["lr"])
+    extra = []
+    if lr.lr.nunique() > 1:  # the lr each recorded update used
+        ax = axes[0].twinx()
+        ax.plot(lr.step, lr.lr, color="0.5", lw=1, label="learning rate")
+        ax.set_ylabel("learning rate")
+        extra.append(ax)
+    _legend_outside(fig, list(axes) + extra)
     if not len(run.metrics):
         axes[1].text(0.5, 0.5, "no metrics recorded yet", ha="center", transform=axes[1].transAxes)
     elif not axes[1].lines:

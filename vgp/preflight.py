@@ -104,12 +104,21 @@ def check(cfg, source: str = "config", label=None, device: str | None = None) ->
     _compare(build, _available_host(), "memory", {"data (while it is built)": build}, label)
 
     recurrent = m.arch in ("rnn", "lstm", "gru")
+    kind = _device_kind(device or cfg.device)
+    if t.precision == "bf16" and kind.startswith("cuda") and not _cuda_bf16(kind):
+        bad("train.precision", f"bf16 needs a GPU that computes in bfloat16 (compute capability 8.0 or later); "
+                               f"{kind} does not: use fp16 or fp32")
+    # the CPU's autocast kernels: the miniatures run in the run's precision (a GPU runs every net in any)
+    amp = t.precision if kind == "cpu" else "fp32"
     probe = _probe(m.arch, m.depth, m.norm, m.skip, _frozen(m.activation), _forget_bias(m), shapes.shape,
-                   shapes.num_outputs, shapes.task, shapes.target, t.batch_size == 1, _extra(m))
+                   shapes.num_outputs, shapes.task, shapes.target, t.batch_size == 1, _extra(m), amp)
     if probe.error and "more than 1 value per channel" in probe.error:
         bad(probe.key, f"{t.batch_size} with model.norm=batchnorm: batch norm needs more than one value per "
                        f"channel in training (PyTorch: {probe.error}); use train.batch_size >= 2 or another "
                        f"model.norm")
+    if probe.error and probe.key == "train.precision":
+        bad(probe.key, f"PyTorch cannot run this net in {t.precision} on the CPU ({probe.error}); use "
+                       f"{'bf16 or fp32' if t.precision == 'fp16' else 'fp32'} here, or a GPU (device=cuda)")
     if probe.error:
         bad(probe.key, f"PyTorch rejects this {probe.where}: {probe.error}")
     for key, spec in (("model.init", m.init), ("model.bias_init", m.bias_init), ("model.recurrent_init",
@@ -162,7 +171,7 @@ def _thaw(value):
 
 @functools.lru_cache(maxsize=4096)
 def _probe(arch, depth, norm, skip, activation, forget_bias, shape, num_outputs, task, target,
-           one_example: bool, extra: tuple | None = None) -> Probe:
+           one_example: bool, extra: tuple | None = None, precision: str = "fp32") -> Probe:
     import torch
 
     recurrent = arch in SEQUENCE
@@ -176,7 +185,8 @@ def _probe(arch, depth, norm, skip, activation, forget_bias, shape, num_outputs,
             for width in (1, 2, 3):
                 for T in lengths:
                     p, s, o = _miniature(arch, depth, norm, skip, _thaw(activation), forget_bias, shape, num_outputs,
-                                         task, target, one_example, width, T, backward=width > 1, extra=extra)
+                                         task, target, one_example, width, T, backward=width > 1, extra=extra,
+                                         precision=precision)
                     params[width] = p
                     if width > 1:
                         saved[width, T], outs[width, T] = s, o
@@ -200,10 +210,11 @@ class _Rejected(Exception):
 
 
 def _miniature(arch, depth, norm, skip, activation, forget_bias, shape, num_outputs, task, target, one_example,
-               width, T, backward, extra=None) -> tuple[int, float, float]:
+               width, T, backward, extra=None, precision: str = "fp32") -> tuple[int, float, float]:
     """Build the net ``width`` units wide (sequences cut to ``T`` steps) and, if ``backward``, run a
-    training step and an evaluation pass on zeros. Returns (parameters, bytes saved for backward per
-    example, largest module output per example in elements)."""
+    training step and an evaluation pass on zeros, under the CPU's autocast to ``precision``. Returns
+    (parameters, bytes saved for backward per example, largest module output per example in
+    elements; float32's bytes: the estimate stays an upper bound under autocast)."""
     import torch
 
     from vgp import config, train
@@ -246,6 +257,14 @@ def _miniature(arch, depth, norm, skip, activation, forget_bias, shape, num_outp
         if isinstance(output, torch.Tensor) and not list(module.children()):
             largest[0] = max(largest[0], output.numel())
 
+    def passes(dtype):  # a training step and an evaluation pass under autocast
+        with torch.autocast("cpu", dtype=dtype):
+            model.train()
+            train.loss_fn(task)(model(x), y).backward()
+            model.eval()
+            with torch.no_grad():
+                model(x)
+
     try:
         model.train()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -260,6 +279,13 @@ def _miniature(arch, depth, norm, skip, activation, forget_bias, shape, num_outp
     except Exception as e:  # noqa: BLE001
         key = "train.batch_size" if one_example and "more than 1 value" in str(e) else "model"
         raise _Rejected(key, "model and batch", f"{type(e).__name__}: {clipped(e)}") from None
+    if precision != "fp32":
+        from vgp.train import PRECISIONS
+
+        try:
+            passes(PRECISIONS[precision])
+        except Exception as e:  # noqa: BLE001 - e.g. oneDNN has no float16 LSTM
+            raise _Rejected("train.precision", "precision", f"{type(e).__name__}: {clipped(e)}") from None
     return params, sum(storages.values()) / n, largest[0] / n
 
 
@@ -386,6 +412,16 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.3g} EiB"
+
+
+def _cuda_bf16(kind: str) -> bool:
+    import torch
+
+    index = int(kind.split(":")[1]) if ":" in kind else 0
+    try:
+        return torch.cuda.get_device_capability(index) >= (8, 0)
+    except (RuntimeError, AssertionError, ValueError):
+        return True  # vgp.train.pick_device says what is wrong with the device
 
 
 @functools.lru_cache(maxsize=64)

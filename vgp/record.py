@@ -30,11 +30,11 @@ import math
 import torch
 
 from vgp.activations import SAT as SATURATION, Activation
-from vgp.config import KINDS  # weight_grad, bias_grad, output_grad, weight, update_ratio, act_*
+from vgp.config import KINDS  # weight_grad, bias_grad, output_grad, weight, update_ratio, act_*, underflow
 from vgp.models import Tracked
 
 ACT_KINDS = ("act_mean", "act_std", "saturation", "dead")
-WEIGHT_KINDS = ("weight_grad", "bias_grad", "weight", "update_ratio")  # not for a residual stream
+WEIGHT_KINDS = ("weight_grad", "bias_grad", "weight", "update_ratio", "underflow")  # not for a residual stream
 
 
 def _norms(tensors: list) -> list[torch.Tensor]:
@@ -88,7 +88,7 @@ def _unchanged(kept: tuple | None, x: torch.Tensor, act: torch.nn.Module) -> boo
 
 class GradientRecorder:
     def __init__(self, tracked: list[Tracked], activation: Activation | list, params: list | None = None,
-                 kinds=KINDS, model=None, match_act: bool = False):
+                 kinds=KINDS, model=None, match_act: bool = False, dtype: torch.dtype = torch.float32):
         """``activation``: the :class:`Activation` of every layer's ``act``, or one per tracked layer
         (None where the layer has no act, or one vgp cannot describe: no act kinds for it).
         ``params``: every trained parameter (default: the tracked layers' own), for the total
@@ -101,7 +101,10 @@ class GradientRecorder:
 
         A layer called several times in one forward pass (weight sharing, recurrence): its
         output_grad is the norm over all calls' output gradients together (the square root of the
-        sum of their squares), its activation statistics are those of its last call."""
+        sum of their squares), its activation statistics are those of its last call.
+
+        ``dtype``: the precision the backward pass runs in (autocast's: float16, bfloat16, or
+        float32), whose smallest normal number ``underflow`` compares with (see :meth:`_underflow`)."""
         self.tracked = tracked
         self.kinds = set(kinds)
         self._want_z = "output_grad" in self.kinds
@@ -130,7 +133,8 @@ class GradientRecorder:
         self._weight_index = torch.tensor([i for i, w in enumerate(self.has_weight) if w], dtype=torch.long)
         self.params = list(params) if params is not None else self.weights + self.biases
         pos = {id(p): k for k, p in enumerate(self.params)}
-        self._weight_pos = torch.tensor([pos[id(w)] for w in self.weights])
+        self._weight_list = [pos[id(w)] for w in self.weights]
+        self._weight_pos = torch.tensor(self._weight_list)
         self._bias_pos = torch.tensor([pos[id(b)] for b in self.biases], dtype=torch.long)
         self.total_grad_norm: torch.Tensor | None = None  # set by after_backward
         self.model = model if hasattr(model, "hidden_sink") else None
@@ -140,6 +144,8 @@ class GradientRecorder:
         self.time_values: torch.Tensor | None = None  # (len(time_keys),) norms of dLoss/dh_t
         self._values: torch.Tensor | None = None
         self._buffers: dict = {}  # (shape, layers) -> (index, stacked activations, scratch)
+        self.tiny = torch.finfo(dtype).tiny  # 6.1e-5 for float16; 1.2e-38 for bfloat16 and float32
+        self._flat: tuple | None = None  # underflow: sizes, and a float and a bool scratch buffer
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self):
@@ -201,7 +207,8 @@ class GradientRecorder:
         def add(g):
             # the norm, not the gradient, is kept: holding every layer's gradient through the
             # backward pass would keep megabytes alive that the allocator could otherwise reuse
-            norm, prev = torch.linalg.vector_norm(g), self._out_grads[i]
+            # in float32: under autocast g may be float16, whose norm would overflow above 65504
+            norm, prev = torch.linalg.vector_norm(g, dtype=torch.float32), self._out_grads[i]
             self._out_grads[i] = norm if prev is None else torch.hypot(prev, norm)  # several calls
 
         def hook(module, inputs, output):
@@ -235,8 +242,12 @@ class GradientRecorder:
 
         return hook
 
-    def after_backward(self) -> None:
-        """Norms of dLoss/dW, dLoss/db, dLoss/dz and of W (before clipping and the step)."""
+    def after_backward(self, scale: torch.Tensor | None = None) -> None:
+        """Norms of dLoss/dW, dLoss/db, dLoss/dz and of W (before clipping and the step).
+
+        ``scale``: the loss scale of this step's backward pass (a 0-d tensor on the device; None: 1),
+        when the parameters' gradients have been unscaled already (``GradScaler.unscale_``) but the
+        gradients the hooks saw (dLoss/dz, dLoss/dh_t) were not: those are divided by it here."""
         self._detach()
         n = len(self.tracked)
         # float64: a std of tiny activations may be far below float32's range (norms fit either way)
@@ -255,6 +266,8 @@ class GradientRecorder:
         if self._want_z:
             zero = torch.zeros((), device=values.device)
             values[row["output_grad"]] = torch.stack([g if g is not None else zero for g in self._out_grads])
+            if scale is not None:
+                values[row["output_grad"]] /= scale
         weights = [w.detach() for w in self.weights]
         if self._want_update or "weight" in self.kinds:
             values[row["weight"], self._weight_index] = torch.stack(_norms(weights)).double()
@@ -262,11 +275,15 @@ class GradientRecorder:
             torch._foreach_copy_(self._prev, weights)
         if self._want_act:
             self._act_stats(values, row)
+        if "underflow" in self.kinds:
+            values[row["underflow"], self._weight_index] = self._underflow(grads, norms, scale)
         if self.model is not None:
             keys = sorted(self._time_keys)  # layer by layer, t in order
             zero = torch.zeros(1, device=values.device)
             self.time_keys = keys
-            self.time_values = torch.stack(_norms([self._time.get(k, zero) for k in keys])) if keys else None
+            self.time_values = torch.stack(_norms([self._time.get(k, zero).float() for k in keys])) if keys else None
+            if keys and scale is not None:
+                self.time_values /= scale
             self._time, self._time_keys = {}, []
         self._values = values
         self._out_grads = [None] * n
@@ -284,6 +301,38 @@ class GradientRecorder:
                                   torch.empty(g, shape[0], math.prod(shape[1:]), device=device),
                                   torch.empty(g, shape[0], math.prod(shape[1:]), device=device))
         return self._buffers[key]
+
+    def _underflow(self, grads: list, norms: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        """Per layer, the fraction of the weight gradient's entries that are zero or below the smallest
+        normal number of the backward pass's precision: |g| S < tiny, with g the (unscaled) gradient
+        and S the loss scale in effect (1 without one): (L,) float64.
+
+        Measured in the scaled space, where the backward pass ran: what fp16 loses is what |g S| falls
+        below its 6.1e-5 (there it keeps only a few bits as a subnormal, then becomes 0). Subnormals
+        count as lost: their relative precision is gone, and vgp flags the onset, not only the zeros.
+        With S a power of two (GradScaler's always is) tiny / S is exact, so comparing |g| with it
+        is the same test, without multiplying the gradient (which could overflow). In float32 and
+        bfloat16 (tiny 1.2e-38) the count is mostly exact zeros: a dead ReLU unit's whole row counts,
+        so compare precisions of one net rather than read a ReLU net's count as underflow alone.
+        ``grads``: every parameter's gradient (zeros where None), ``norms`` their norms (to put the
+        result on the right device). No host synchronisation: the counts stay on the device."""
+        if self._flat is None:  # once: scratch for the largest weight gradient, reused layer by layer
+            sizes = [w.numel() for w in self.weights]
+            self._flat = (torch.tensor(sizes, dtype=torch.float64, device=norms.device),
+                          torch.empty(max(sizes), device=norms.device))
+        n, scratch = self._flat
+        thr = torch.full((), self.tiny, device=norms.device)
+        if scale is not None:
+            thr = thr / scale
+        counts = []
+        for k in self._weight_list:  # |g|, then the comparison written over it as 0./1., then the count
+            g = grads[k].detach().reshape(-1)
+            size = g.numel()
+            below = torch.lt(torch.abs(g, out=scratch[:size]), thr, out=scratch[:size])
+            # a float32 count is exact while every partial sum is an integer below 2**24 (a boolean
+            # result and its count cost 3x as much here)
+            counts.append(below.sum(dtype=torch.float64 if size > 2**24 else None))
+        return torch.stack(counts).double() / n
 
     def output_grad_ratio(self, flat: list[float], layers: list[int]) -> float:
         """output_grad of ``layers[0]`` over that of ``layers[-1]`` (tracked-layer indices), read from

@@ -310,7 +310,7 @@ class Recorder:
         flat, (l, g), ok = host[:nv], host[nv:nv + 2], host[nv + 2:]
         self._grad_csv.write_values(k, self._prefixes, [flat[j] for j in self._flat_index])
         self._metrics_csv.write([[k, None if loss is None else l, None, g, None, None, lr, round(elapsed, 4),
-                                  None, None]])
+                                  None, None, None, None]])
         for s in self._streams:
             s.flush()
         if loss is not None:

@@ -10,6 +10,15 @@ Divergence is looked for on every step, not only recorded ones: each step leaves
 flag (loss and total gradient norm finite), read with the losses at the next recorded step, so
 ``diverged_step`` does not depend on ``log.every`` and no step waits for the device. A
 non-finite evaluation (the final one included) is divergence too.
+
+Mixed precision (``train.precision`` bf16 or fp16): the forward pass, the loss and evaluation run
+under ``torch.autocast``; weights, gradients and optimizer state stay float32. fp16 with
+``train.loss_scale=dynamic`` scales the loss by ``torch.amp.GradScaler``'s scale S before the
+backward pass and unscales the gradients right after it, so that everything recorded, clipped and
+checked is the true gradient. A step whose scaled gradient overflowed is skipped by the scaler,
+which halves S: that is how dynamic loss scaling finds its scale, not divergence (metrics.csv's
+``skipped`` counts them, ``loss_scale`` is S). Divergence under a scaler is a non-finite loss, or a
+gradient that overflows at S <= 1 (no amplification left to blame: an exploding gradient).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +53,8 @@ from vgp.record import KINDS, GradientRecorder
 GRAD_COLUMNS = ["step", "layer", "name", "kind", "value"]
 TIME_COLUMNS = ["step", "layer", "t", "value"]
 METRIC_COLUMNS = ["step", "loss", "acc", "grad_norm", "grad_norm_clipped", "clipped", "lr", "elapsed_s",
-                  "test_loss", "test_acc"]
+                  "test_loss", "test_acc", "loss_scale", "skipped"]
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -130,13 +141,15 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, x, y, task: str, chunk: int = 4096) -> tuple[float, float | None]:
-    """Mean loss and accuracy (None for regression) over a whole set, in eval mode."""
+def evaluate(model, x, y, task: str, chunk: int = 4096, dtype: torch.dtype | None = None) -> tuple[float, float | None]:
+    """Mean loss and accuracy (None for regression) over a whole set, in eval mode; ``dtype``: run the
+    model under autocast to it (the training precision), None: as it is."""
     was_training = model.training
     model.eval()
     total, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
     for i in range(0, len(x), chunk):
-        out = model(x[i:i + chunk])
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = model(x[i:i + chunk]).float()
         yy = y[i:i + chunk]
         if task == "classification":  # per example: the mean over its positions, for sequence outputs
             total += F.cross_entropy(out.flatten(0, -2), yy.flatten(), reduction="sum") * len(yy) / yy.numel()
@@ -283,7 +296,8 @@ def _run_in(cfg: config.Config, folder: Path, device: torch.device, quiet: bool)
         opt = OPTIMIZERS.build(cfg.train.optimizer, params)
         schedule = SCHEDULES.build(cfg.train.schedule, opt, cfg.train.steps)
         criterion = loss_fn(data.task)
-        recorder = GradientRecorder(model.tracked(), act, params, cfg.log.kinds, model)
+        recorder = GradientRecorder(model.tracked(), act, params, cfg.log.kinds, model,
+                                    dtype=PRECISIONS[cfg.train.precision])
         grad_csv = results.CsvStream(folder / "grad_norms.csv", GRAD_COLUMNS)
         metrics_csv = results.CsvStream(folder / "metrics.csv", METRIC_COLUMNS)
         streams = [grad_csv, metrics_csv]
@@ -369,31 +383,42 @@ def _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_cs
     no = torch.zeros((), dtype=torch.bool, device=device)
     nan = torch.full((), math.nan, device=device)
     pending: list[torch.Tensor] = []  # detached losses since the last recorded step
-    finite: list[torch.Tensor] = []  # per step since then: loss and gradient finite (device-side flags)
-    status, diverged_step, grad_ratio, last_loss, done = "completed", None, None, None, 0
+    finite: list[torch.Tensor] = []  # per step since then: not diverged (device-side flags)
+    skips: list[torch.Tensor] = []  # per step since then: the loss scaler skipped the update
+    status, diverged_step, grad_ratio, last_loss, done, skipped_steps = "completed", None, None, None, 0, 0
+    amp = PRECISIONS[cfg.train.precision] if cfg.train.precision != "fp32" else None  # autocast's dtype
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16" and
+                                  cfg.train.loss_scale == "dynamic")
+    one = torch.ones((), device=device)
+    autocast = functools.partial(torch.autocast, device.type, dtype=amp) if amp else contextlib.nullcontext
 
     t_loop = time.perf_counter()
-    with recorder, _progress(quiet, cfg.name, steps) as progress:
+    with recorder, _progress(quiet, cfg.name, steps) as progress, warnings.catch_warnings():
+        # a step the scaler skips leaves the scheduler's step without an optimizer step: as intended
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
         bar = progress.add_task(cfg.name, total=steps, loss="-")
         for step in range(steps):
             recording = step % every == 0 or step % eval_every == 0 or step == steps - 1
             test_loss = test_acc = None
             if step % eval_every == 0:  # the weights this step's batch sees
-                test_loss, test_acc = evaluate(model, data.x_test, data.y_test, data.task)
+                test_loss, test_acc = evaluate(model, data.x_test, data.y_test, data.task, dtype=amp)
             idx = next(batch_iter)
             x, y = data.x_train[idx], data.y_train[idx]
 
             # step: forward, backward, clip, update (with the recorder's three calls when recording)
             if recording:
                 recorder.start()
-            logits = model(x)
-            loss = criterion(logits, y)
+            with autocast():
+                logits = model(x)
+                loss = criterion(logits, y)  # float32: autocast runs losses in float32
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scale = scaler.scale(one) if scaler.is_enabled() else None  # this step's loss scale S
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)  # the true gradients from here on (nothing without a scaler)
             pending.append(loss.detach())
             grads = [p.grad for p in params if p.grad is not None]
             if recording:
-                recorder.after_backward()
+                recorder.after_backward(scale)
                 gn = recorder.total_grad_norm
                 clipped = no
                 if clip.mode == "value":
@@ -408,11 +433,15 @@ def _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_cs
                 norm = torch.nn.utils.clip_grad_norm_(params, clip.max_norm)  # the norm before clipping
             else:
                 norm = gn if recording else _total_norm(grads)
-            finite.append(torch.isfinite(norm) & torch.isfinite(pending[-1]))
+            ok, skipped = step_flags(pending[-1], norm, scale)
+            finite.append(ok)
+            if skipped is not None:
+                skips.append(skipped)
             if clip.mode == "value":
                 torch.nn.utils.clip_grad_value_(params, clip.value)
             lr = opt.param_groups[0]["lr"]  # what this update uses
-            opt.step()
+            scaler.step(opt)  # opt.step(), unless the scaled gradient overflowed
+            scaler.update()
             schedule.step()
             done = step + 1
             if not recording:
@@ -423,7 +452,8 @@ def _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_cs
             gnc = _total_norm(grads) if clip.mode != "none" else gn
             acc = accuracy(logits.detach(), y) if data.task == "classification" else nan
             scalars = torch.stack([loss.detach().float(), acc, gn, gnc, clipped.float()])
-            parts = [values.flatten(), scalars, torch.stack(pending), torch.stack(finite).float()]
+            parts = [values.flatten(), scalars, torch.stack(pending), torch.stack(finite).float(),
+                     torch.stack([scale if scale is not None else one, torch.stack(skips).sum() if skips else 0 * one])]
             n_time = 0
             if recorder.time_values is not None:
                 parts.append(recorder.time_values)
@@ -436,13 +466,16 @@ def _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_cs
             nv = values.numel()
             flat, (l, a, g, gc, c) = host[:nv], host[nv:nv + 5]
             ok = host[nv + 5 + n_pending:nv + 5 + 2 * n_pending]  # 1.0 where loss and gradient were finite
+            s_used, n_skipped = host[nv + 5 + 2 * n_pending:nv + 7 + 2 * n_pending]
+            skips.clear()
+            skipped_steps += int(n_skipped)
             time_norms = host[len(host) - n_time:]
             if time_csv is not None:
                 time_csv.write_values(step, [f"{k},{t}" for k, t in recorder.time_keys], time_norms)
 
             grad_csv.write_values(step, grad_prefixes, [flat[j] for j in flat_index])
             metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), lr,
-                                round(elapsed, 4), test_loss, test_acc]])
+                                round(elapsed, 4), test_loss, test_acc, s_used, int(n_skipped)]])
             if step == 0 and "output_grad" in cfg.log.kinds:
                 grad_ratio = _grad_ratio(flat, recorder)
             for s in streams:
@@ -463,14 +496,30 @@ def _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_cs
     # -- final evaluation, after the last update -------------------------------------------
     final_test_loss = final_test_acc = None
     if status == "completed":
-        final_test_loss, final_test_acc = evaluate(model, data.x_test, data.y_test, data.task)
+        final_test_loss, final_test_acc = evaluate(model, data.x_test, data.y_test, data.task, dtype=amp)
         metrics_csv.write([[steps, None, None, None, None, None, opt.param_groups[0]["lr"],
-                            round(time.perf_counter() - t_loop, 4), final_test_loss, final_test_acc]])
+                            round(time.perf_counter() - t_loop, 4), final_test_loss, final_test_acc, None, None]])
         if not math.isfinite(final_test_loss):  # the last update broke the weights
             status, diverged_step = "diverged", steps
     return {"status": status, "steps_done": done, "final_loss": last_loss, "final_test_loss": final_test_loss,
             "final_test_acc": final_test_acc, "grad_ratio": grad_ratio, "diverged_step": diverged_step,
-            "train_s": round(train_s, 3)}
+            "skipped_steps": skipped_steps, "train_s": round(train_s, 3)}
+
+
+def step_flags(loss: torch.Tensor, norm: torch.Tensor, scale: torch.Tensor | None):
+    """(the step did not diverge, the loss scaler skips its update: None without a scaler), as 0-d
+    bool tensors on the device. ``norm``: the total norm of the unscaled gradients, non-finite exactly
+    where an entry is (or the norm overflows float32); ``scale``: the step's loss scale S.
+
+    Without a scaler, a non-finite loss or gradient is divergence. With one, a non-finite gradient
+    makes the scaler skip the update and halve S, which is dynamic loss scaling at work, not
+    divergence, while S > 1; at S <= 1 the gradient overflowed with no amplification to blame: an
+    exploding gradient, divergence. A non-finite loss (float32 under autocast) is divergence always."""
+    grad_ok = torch.isfinite(norm)
+    loss_ok = torch.isfinite(loss)
+    if scale is None:
+        return grad_ok & loss_ok, None
+    return (grad_ok | (scale > 1)) & loss_ok, ~grad_ok
 
 
 def _grad_ratio(flat: list[float], recorder: GradientRecorder) -> float | None:
