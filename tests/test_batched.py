@@ -271,3 +271,25 @@ def test_a_sweep_batched_equals_one_unbatched_and_resumes(tmp_path, cli):
         assert changed == (i in ids[:2])
         if changed:
             assert json.loads((runs_b / i / "meta.json").read_text())["batched"] == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_batched_sweep_marks_every_member_interrupted(tmp_path):
+    spec = {"name": "s", "base": tiny(train__steps=100_000, log__every=5), "seeds": [0, 1, 2, 3]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    args = ["sweep", path, "--out", tmp_path, "-j", "1", "-q"]
+    proc = subprocess.Popen([sys.executable, "-m", "vgp", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    runs = tmp_path / "s" / "runs"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(runs.glob("*/metrics.csv.partial"))) < 4:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    metas = [json.loads(p.read_text()) for p in runs.glob("*/meta.json")]
+    assert len(metas) == 4 and {m["status"] for m in metas} == {"interrupted"}
+    for folder in runs.iterdir():
+        assert results.read_status(folder) == "interrupted" and (folder / "grad_norms.csv.partial").exists()

@@ -240,7 +240,7 @@ def test_example_sweep_killed_hard_resumes_without_running_anything_twice(tmp_pa
 @pytest.mark.slow
 def test_ctrl_c_marks_running_runs_interrupted_and_keeps_finished_ones(tmp_path, cli):
     path = write_sweep(tmp_path, base=tiny(train__steps=300, log__every=1), seeds=list(range(8)))
-    args = [path, "--out", tmp_path, "-j", "2", "-q"]
+    args = [path, "--out", tmp_path, "-j", "2", "-q", "--no-batch"]  # one run per worker at a time
     sweep_dir = tmp_path / "s"
     proc = _start_and_wait(args, sweep_dir, 2)
     proc.send_signal(signal.SIGINT)
@@ -276,7 +276,7 @@ def test_a_worker_killed_mid_run_fails_that_run_only(tmp_path):
     others finish in a fresh pool."""
     path = write_sweep(tmp_path, base=tiny(train__steps=400, log__every=1), seeds=list(range(6)))
     sweep_dir = tmp_path / "s"
-    proc = _start_and_wait([path, "--out", tmp_path, "-j", "2", "-q"], sweep_dir, 1)
+    proc = _start_and_wait([path, "--out", tmp_path, "-j", "2", "-q", "--no-batch"], sweep_dir, 1)
     workers = [p for p in _descendants(proc.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
     running = []
     while not running:  # a run a worker is in the middle of (each takes about a second)

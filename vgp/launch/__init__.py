@@ -57,13 +57,7 @@ def run_cell(cfg, runs: Path, retry_failed: bool = False) -> Outcome:
             result = train.run(cfg, out=runs, force=False, quiet=True, lock=False)
             return Outcome(cfg.name, result.status, None, time.perf_counter() - t0)
         except Exception as e:
-            if not _recorded_since(folder, started):  # it failed before train.run wrote this attempt's record
-                try:
-                    results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
-                    results.write_json(folder / "meta.json", {"status": "failed", "error": repr(e)[:2000],
-                                                             "ended": results.now()})
-                except OSError:
-                    pass  # the outcome still says failed, and why
+            _mark_failed(folder, e, started)
             return Outcome(cfg.name, "failed", f"{type(e).__name__}: {e}", time.perf_counter() - t0)
 
 
@@ -94,11 +88,13 @@ def run_group(cfgs: list, runs: Path, retry_failed: bool = False) -> list[Outcom
         if len(mine) == 1:
             later.append(mine.pop())  # alone: run_cell below, once this group's locks are released
         if mine:
+            started, error = time.time(), None
             try:
                 batched.run_batched(mine, out=runs, force=False, quiet=True, lock=False)
-                error = None
             except Exception as e:  # every member not finished is marked failed in its folder
                 error = f"{type(e).__name__}: {e}"
+                for cfg in mine:
+                    _mark_failed(runs / cfg.name, e, started)
             wall = time.perf_counter() - t0
             for cfg in mine:
                 status = results.read_status(runs / cfg.name)
@@ -108,6 +104,17 @@ def run_group(cfgs: list, runs: Path, retry_failed: bool = False) -> list[Outcom
     for cfg in later:
         outcomes[cfg.name] = run_cell(cfg, runs, retry_failed)
     return [outcomes[cfg.name] for cfg in cfgs]
+
+
+def _mark_failed(folder: Path, e: Exception, started: float) -> None:
+    """Record ``e`` in a run folder that it failed before the run wrote this attempt's record."""
+    if not _recorded_since(folder, started):
+        try:
+            results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
+            results.write_json(folder / "meta.json", {"status": "failed", "error": repr(e)[:2000],
+                                                     "ended": results.now()})
+        except OSError:
+            pass  # the outcome still says failed, and why
 
 
 def _recorded_since(folder: Path, t: float) -> bool:
