@@ -275,7 +275,11 @@ def _optimizers(members, net):
     params = list(net.parameters())
     specs = [m.cfg.train.optimizer for m in members]
     if all(s == specs[0] for s in specs):
-        return [OPTIMIZERS.build(specs[0], params)], None
+        opt = OPTIMIZERS.build(specs[0], params)
+        for group in opt.param_groups:  # one fused call per update op over the few stacked tensors
+            if "foreach" in group:  # (the same elementwise arithmetic as the per-tensor loop)
+                group["foreach"] = True
+        return [opt], None
     views = [[nn.Parameter(p.data[i]) for p in params] for i in range(len(members))]
     return [OPTIMIZERS.build(s, v) for s, v in zip(specs, views)], views
 
@@ -299,6 +303,7 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
     iters = [train.batches(x_train.shape[1], cfg.train.batch_size, m.cfg.seed, device) for m in members]
     rows = torch.arange(k, device=device)[:, None]
     prev = [torch.empty_like(w) for w in weights]
+    buffers: dict = {}  # the recorder's scratch tensors
     want_act = bool(kinds & {"act_mean", "act_std", "saturation", "dead"}) and hidden
     alive = list(range(k))
     pending: list[torch.Tensor] = []
@@ -339,7 +344,7 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
             gn = torch.linalg.vector_norm(norms, dim=0)  # (K,) before clipping
             if recording:
                 values = _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, hidden, n_layers,
-                                 params, norms, device)
+                                 params, norms, device, buffers)
                 clipped = torch.zeros(k, dtype=torch.bool, device=device)
                 if clip.mode == "value":
                     amax = torch.stack([g.abs().amax(_member_dims(g)) for g in grads]).amax(0)
@@ -428,9 +433,9 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
 
 
 def _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, hidden, n_layers, params, norms,
-            device) -> torch.Tensor:
+            device, buffers: dict) -> torch.Tensor:
     """The recorder's (len(KINDS), L) values for every member: a (K, len(KINDS), L) float64 tensor,
-    NaN where not applicable (update_ratio is added after the step)."""
+    NaN where not applicable (update_ratio is added after the step). ``buffers``: kept between calls."""
     k = weights[0].shape[0]
     values = torch.full((k, len(KINDS), n_layers), math.nan, dtype=torch.float64, device=device)
     row = {kd: j for j, kd in enumerate(KINDS)}
@@ -445,15 +450,15 @@ def _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, h
     if "update_ratio" in kinds:
         torch._foreach_copy_(prev, [w.detach() for w in weights])
     if want_act:
-        outs = [taps[2 * i + 1].detach() for i in hidden]  # (K, B, U) each
-        h = torch.stack(outs)  # (Lh, K, B, U)
-        lh, _, b, u = h.shape
-        h = h.view(lh * k, b, u)
+        lh, (_, b, u) = len(hidden), taps[1].shape
+        if buffers.get("shape") != (lh, k, b, u):  # reused: a fresh multi-megabyte tensor costs page faults
+            buffers.update(shape=(lh, k, b, u), h=torch.empty(lh, k, b, u, device=device),
+                           tmp=torch.empty(lh, k, b, u, device=device))
+        h, tmp = buffers["h"], buffers["tmp"]
+        torch.stack([taps[2 * i + 1].detach() for i in hidden], out=h)  # (Lh, K, B, U)
         if act.saturated is None:
-            tmp = torch.stack([taps[2 * i].detach() for i in hidden]).view(lh * k, b, u)
-        else:
-            tmp = torch.empty_like(h)
-        stats = act_stats(act, h, tmp).view(4, lh, k)  # (4, Lh, K)
+            torch.stack([taps[2 * i].detach() for i in hidden], out=tmp)
+        stats = act_stats(act, h.view(lh * k, b, u), tmp.view(lh * k, b, u)).view(4, lh, k)  # (4, Lh, K)
         first = row["act_mean"]
         values[:, first:first + 4, hidden] = stats.permute(2, 0, 1)
     return values
