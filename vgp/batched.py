@@ -26,6 +26,7 @@ A config key this module does not know (a setting added later) must have its def
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -42,14 +43,26 @@ from vgp.record import KINDS, GradientRecorder, act_stats
 
 # keys whose values may differ between the members of one batched model (prefixes of flattened keys)
 MAY_DIFFER = ("name", "out", "seed", "model.init", "model.bias_init", "train.optimizer")
-# the keys batched training knows; any other key must keep its default (a new setting: not batchable)
-KNOWN = ("name", "out", "seed", "device", "model.", "data.", "train.steps", "train.batch_size", "train.optimizer",
-         "train.clip.", "train.eval_every", "log.every", "log.kinds")
+# the keys batched training knows (a key, or a section or spec ending in "."): any other key, such as a
+# setting added to vgp later, must keep its default value, or the config is not batchable
+KNOWN = ("name", "out", "seed", "device", "model.arch", "model.depth", "model.width", "model.activation.",
+         "model.init.", "model.bias_init.", "model.norm", "model.skip", "model.recurrent_init.", "model.forget_bias",
+         "data.", "train.steps", "train.batch_size", "train.optimizer.", "train.clip.", "train.eval_every",
+         "log.every", "log.kinds")
 OPTIMIZERS_OK = ("sgd", "adam", "adamw", "rmsprop", "adagrad")  # elementwise: a stacked tensor updates per member
 
 
 def _flat(cfg: config.Config) -> dict:
     return config.flatten(config.to_dict(cfg))
+
+
+@functools.cache
+def _defaults() -> dict:
+    return _flat(config.Config())
+
+
+def _known(key: str) -> bool:
+    return any(key.startswith(k) if k.endswith(".") else key == k for k in KNOWN)
 
 
 def _differs_ok(key: str) -> bool:
@@ -60,7 +73,7 @@ def batchable(cfgs: list[config.Config]) -> str | None:
     """None when ``cfgs`` can be trained as one batched model, else why not (one sentence naming the key)."""
     if not cfgs:
         return "no configs"
-    defaults = _flat(config.Config())
+    defaults = _defaults()
     flats = [_flat(c) for c in cfgs]
     for cfg, flat in zip(cfgs, flats):
         m = cfg.model
@@ -72,7 +85,7 @@ def batchable(cfgs: list[config.Config]) -> str | None:
         if opt not in OPTIMIZERS_OK:
             return f"train.optimizer.name={opt}: only {', '.join(OPTIMIZERS_OK)} are batched"
         for key, value in flat.items():
-            if not any(key == k or key.startswith(k) for k in KNOWN) and value != defaults.get(key, value is None):
+            if not _known(key) and (key not in defaults or value != defaults[key]):
                 return f"{key}={value}: a setting batched training does not know"
     first = {k: v for k, v in flats[0].items() if not _differs_ok(k)}
     for cfg, flat in zip(cfgs[1:], flats[1:]):
@@ -235,7 +248,7 @@ def _run_in(members: list[_Member], device, quiet: bool) -> list[train.RunResult
             datas.append(d)
             models.append(model)
         net = StackedMLP(models).to(device).train()
-        x_train, y_train, x_test, y_test = (torch.stack([getattr(d, n) for d in datas]).to(device)
+        x_train, y_train, x_test, y_test = (_stacked([getattr(d, n) for d in datas], device)
                                             for n in ("x_train", "y_train", "x_test", "y_test"))
         template = GradientRecorder(models[0].tracked(), act, list(models[0].parameters()), members[0].cfg.log.kinds)
         for m in members:
@@ -249,6 +262,16 @@ def _run_in(members: list[_Member], device, quiet: bool) -> list[train.RunResult
             if not m.finished:
                 train._record_end(m.folder, m.streams, e, device, started, quiet)
         raise
+
+
+def _stacked(tensors: list[torch.Tensor], device) -> torch.Tensor:
+    """(K, N, ...) on the device: the members' sets stacked, or one set seen K times where they are
+    equal (a data set read from files does not depend on the seed: no K copies of it)."""
+    first = tensors[0]
+    if all(t.shape == first.shape and torch.equal(t, first) for t in tensors[1:]):
+        first = first.to(device)
+        return first.unsqueeze(0).expand(len(tensors), *first.shape)
+    return torch.stack(tensors).to(device)
 
 
 def _finish(m: _Member, k: int, data, device, started: str, t_start: float) -> None:

@@ -132,7 +132,9 @@ def launch(sweep, todo, sweep_dir: Path, settings: dict, retry_failed: bool, bef
     """Run ``todo`` in a pool of ``settings['jobs']`` workers; returns how many runs were trained here."""
     jobs, threads, gpus = plan(todo, settings.get("jobs"))
     work = units(todo, jobs, settings.get("batch", SETTINGS["batch"]))
-    jobs = min(jobs, len(work))
+    if len(work) < jobs:  # fewer, batched work items: as many workers, sharing the cores
+        jobs = len(work)
+        threads = max(1, cores() // jobs) if not gpus else threads
     runs = Path(sweep_dir) / "runs"
     order = [c.id for c in sweep.cells]
     done = sum(s in results.FINISHED for s in before.values())
