@@ -32,14 +32,16 @@ import math
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from vgp import analysis, config, data as datasets, results, train
+from vgp import config, results
+from vgp.config import KINDS
 from vgp.errors import UserError
 from vgp.optim import OPTIMIZERS
-from vgp.record import KINDS, GradientRecorder, act_stats
+from vgp.registry import LazyModule
+
+# imported on first use: batchable() and groups() serve a sweep's planning without torch
+torch, F = LazyModule("torch"), LazyModule("torch.nn.functional")
+train, record, analysis = LazyModule("vgp.train"), LazyModule("vgp.record"), LazyModule("vgp.analysis")
+datasets = LazyModule("vgp.data")
 
 # keys whose values may differ between the members of one batched model (prefixes of flattened keys)
 MAY_DIFFER = ("name", "out", "seed", "model.init", "model.bias_init", "train.optimizer")
@@ -126,37 +128,6 @@ def groups(cfgs: list[config.Config], size: int) -> list[list[int]]:
 
 # -- the batched model ---------------------------------------------------------------------------
 
-class StackedMLP(nn.Module):
-    """K equally shaped :class:`vgp.models.MLP` as one module: ``weights[l]`` (K, out, in),
-    ``biases[l]`` (K, out), copied from the members. ``forward`` maps (K, B, *shape) to (K, B, out);
-    ``taps`` (a list) receives each hidden layer's pre-activation and activation output."""
-
-    def __init__(self, members: list):
-        super().__init__()
-        tracked = [m.tracked() for m in members]
-        n = len(tracked[0])
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.stack([t[i].layer.weight.detach() for t in tracked])) for i in range(n))
-        self.biases = nn.ParameterList(
-            nn.Parameter(torch.stack([t[i].layer.bias.detach() for t in tracked])) for i in range(n))
-        self.skip = [b.skip for b in members[0].blocks]
-        self.act = members[0].blocks[0].act if members[0].blocks else None
-
-    def forward(self, x, taps: list | None = None):  # (K, B, *shape) -> (K, B, out)
-        h = x.flatten(2)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # (K, B, out)
-            if taps is not None:
-                taps.append(z)
-            if i == last:
-                return z
-            a = self.act(z)
-            if taps is not None:
-                taps.append(a)
-            h = h + a if self.skip[i] else a
-
-
 def _member_dims(t: torch.Tensor) -> tuple:
     return tuple(range(1, t.dim()))
 
@@ -173,10 +144,14 @@ def _losses(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     return F.mse_loss(out, y, reduction="none").mean(_member_dims(out))
 
 
-@torch.no_grad()
-def evaluate(net: StackedMLP, x, y, task: str, chunk: int = 4096):
+def evaluate(net, x, y, task: str, chunk: int = 4096):
     """Each member's mean test loss and accuracy (None for regression), as :func:`vgp.train.evaluate`
     alone: lists of K floats. ``x``, ``y``: (K, N, ...) stacked, one set per member."""
+    with torch.no_grad():
+        return _evaluate(net, x, y, task, chunk)
+
+
+def _evaluate(net, x, y, task: str, chunk: int):
     k = x.shape[0]
     total = torch.zeros(k, device=x.device, dtype=torch.float32)
     correct = torch.zeros(k, device=x.device, dtype=torch.float32)
@@ -208,7 +183,7 @@ class _Member:
 
 
 def run_batched(cfgs: list[config.Config], out: str | Path | None = None, force: bool = False, quiet: bool = True,
-                lock: bool = True) -> list[train.RunResult]:
+                lock: bool = True) -> list:
     """Train ``cfgs`` as one batched model, each into ``<out>/<name>/`` as :func:`vgp.train.run` would
     (``out`` None: each config's own ``out``). Raises UserError when :func:`batchable` says they cannot
     be, and as ``vgp.train.run`` does otherwise; every member's folder is marked how the group ended."""
@@ -231,8 +206,10 @@ def run_batched(cfgs: list[config.Config], out: str | Path | None = None, force:
             return _run_in([_Member(c, f) for c, f in zip(cfgs, folders)], device, quiet)
 
 
-def _run_in(members: list[_Member], device, quiet: bool) -> list[train.RunResult]:
+def _run_in(members: list[_Member], device, quiet: bool) -> list:
     # -- set-up: every member built as alone, then stacked ---------------------------------------
+    from vgp.models import StackedMLP
+
     started, t_start = results.now(), time.perf_counter()
     k = len(members)
     out: list = [None] * k
@@ -247,10 +224,10 @@ def _run_in(members: list[_Member], device, quiet: bool) -> list[train.RunResult
             model, act = train.build_model(m.cfg.model, d)
             datas.append(d)
             models.append(model)
-        net = StackedMLP(models).to(device).train()
+        net = StackedMLP(models).to(device).train()  # (K, out, in) weights
         x_train, y_train, x_test, y_test = (_stacked([getattr(d, n) for d in datas], device)
                                             for n in ("x_train", "y_train", "x_test", "y_test"))
-        template = GradientRecorder(models[0].tracked(), act, list(models[0].parameters()), members[0].cfg.log.kinds)
+        template = record.GradientRecorder(models[0].tracked(), act, list(models[0].parameters()), members[0].cfg.log.kinds)
         for m in members:
             m.streams = [results.CsvStream(m.folder / "grad_norms.csv", train.GRAD_COLUMNS),
                          results.CsvStream(m.folder / "metrics.csv", train.METRIC_COLUMNS)]
@@ -303,7 +280,7 @@ def _optimizers(members, net):
             if "foreach" in group:  # (the same elementwise arithmetic as the per-tensor loop)
                 group["foreach"] = True
         return [opt], None
-    views = [[nn.Parameter(p.data[i]) for p in params] for i in range(len(members))]
+    views = [[torch.nn.Parameter(p.data[i]) for p in params] for i in range(len(members))]
     return [OPTIMIZERS.build(s, v) for s, v in zip(specs, views)], views
 
 
@@ -481,7 +458,7 @@ def _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, h
         torch.stack([taps[2 * i + 1].detach() for i in hidden], out=h)  # (Lh, K, B, U)
         if act.saturated is None:
             torch.stack([taps[2 * i].detach() for i in hidden], out=tmp)
-        stats = act_stats(act, h.view(lh * k, b, u), tmp.view(lh * k, b, u)).view(4, lh, k)  # (4, Lh, K)
+        stats = record.act_stats(act, h.view(lh * k, b, u), tmp.view(lh * k, b, u)).view(4, lh, k)  # (4, Lh, K)
         first = row["act_mean"]
         values[:, first:first + 4, hidden] = stats.permute(2, 0, 1)
     return values
