@@ -13,7 +13,7 @@ training, finishing the folders) and for the training loops alone (``train_s`` o
 
     python scripts/bench_batched.py                        # 8 seeds, 20x64, torch's default threads
     OMP_NUM_THREADS=1 python scripts/bench_batched.py --threads 1
-    python scripts/bench_batched.py --sweep                # also whole `vgp sweep` processes, with and without --no-batch
+    python scripts/bench_batched.py --sweep                # also whole `vgp sweep` processes, batched or not
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def sweep_process(args, out: Path, no_batch: bool) -> float:
 
 
 def show(name: str, times: list[float]) -> str:
-    return f"{name}: median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}, n={len(times)})"
+    return (f"{name}: median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}, "
+            f"n={len(times)})")
 
 
 def main() -> None:
@@ -125,7 +126,8 @@ def main() -> None:
                 s["unbatched"].append(sweep_process(args, tmp, True))
                 s["batched"].append(sweep_process(args, tmp, False))
             ratios = [x / y for x, y in zip(s["unbatched"], s["batched"])]
-            print(f"whole `vgp sweep` processes (-j {args.jobs or 'default'}):\n  {show('--no-batch', s['unbatched'])}\n"
+            print(f"whole `vgp sweep` processes (-j {args.jobs or 'default'}):\n"
+                  f"  {show('--no-batch', s['unbatched'])}\n"
                   f"  {show('batched', s['batched'])}\n  speed-up: median {statistics.median(ratios):.2f}x "
                   f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
 

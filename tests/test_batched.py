@@ -6,7 +6,6 @@ column but the timings, equal within float32 rounding (the stacked matrix produc
 mean may round differently in the last bit, and training carries that along)."""
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -56,7 +55,8 @@ def assert_same_folder(a: Path, b: Path, rtol: float = 1e-5) -> None:
                 np.testing.assert_allclose(u.to_numpy(float), v.to_numpy(float), rtol=rtol, atol=0,
                                            err_msg=f"{a.name}/{name}:{col}")
             else:
-                assert u.fillna("-").astype(str).tolist() == v.fillna("-").astype(str).tolist(), f"{a.name}/{name}:{col}"
+                same = u.fillna("-").astype(str).tolist() == v.fillna("-").astype(str).tolist()
+                assert same, f"{a.name}/{name}:{col}"
     meta_a, meta_b = (json.loads((f / "meta.json").read_text()) for f in (a, b))
     assert meta_a["status"] == meta_b["status"] == results.read_status(a)
     cfg_a, cfg_b = (yaml.safe_load((f / "config.yaml").read_text()) for f in (a, b))

@@ -227,7 +227,9 @@ def _run_in(members: list[_Member], device, quiet: bool) -> list:
         net = StackedMLP(models).to(device).train()  # (K, out, in) weights
         x_train, y_train, x_test, y_test = (_stacked([getattr(d, n) for d in datas], device)
                                             for n in ("x_train", "y_train", "x_test", "y_test"))
-        template = record.GradientRecorder(models[0].tracked(), act, list(models[0].parameters()), members[0].cfg.log.kinds)
+        # member 0's recorder, never attached: the rows' layout (names, applicable kinds) of every member
+        template = record.GradientRecorder(models[0].tracked(), act, list(models[0].parameters()),
+                                           members[0].cfg.log.kinds)
         for m in members:
             m.streams = [results.CsvStream(m.folder / "grad_norms.csv", train.GRAD_COLUMNS),
                          results.CsvStream(m.folder / "metrics.csv", train.METRIC_COLUMNS)]
