@@ -319,6 +319,9 @@ def sweep(
     cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", help="slurm: CPUs per array task"),
     gpus_per_task: Optional[int] = typer.Option(None, "--gpus-per-task", help="slurm: GPUs per array task"),
     runs_per_task: Optional[int] = typer.Option(None, "--runs-per-task", help="slurm: runs packed into one array task"),
+    no_batch: bool = typer.Option(False, "--no-batch", help="local: train every cell alone (by default, cells that "
+                                                            "differ only in seed, init or optimizer arguments train "
+                                                            "as one batched model, see launcher.batch)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
 ):
     """Run a sweep: every cell of a grid of configs, skipping finished runs; prints the sweep folder last."""
@@ -327,7 +330,8 @@ def sweep(
     sw = sweepmod.load(sweep_file, overrides or [])
     settings = launch.launcher_settings(sw, {"name": launcher, "jobs": jobs, "partition": partition,
                                              "time_min": time_min, "cpus_per_task": cpus_per_task,
-                                             "gpus_per_task": gpus_per_task, "runs_per_task": runs_per_task})
+                                             "gpus_per_task": gpus_per_task, "runs_per_task": runs_per_task,
+                                             "batch": 1 if no_batch else None})
     folder = Path(out if out is not None else sw.base.get("out", "results"))
     if dry_run:
         launch.print_plan(sw, folder / sw.name)

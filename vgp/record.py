@@ -372,20 +372,30 @@ class GradientRecorder:
                 groups.setdefault((tuple(h.shape), id(self.acts[i])), []).append(i)
         for (shape, _), idx in groups.items():
             act = self.acts[idx[0]]
-            sat_fn = act.saturated
             index, h, tmp = self._group_buffers(shape, idx, values.device)
             torch.stack([self._act_out[i] for i in idx], out=h.view(len(idx), *shape))
-            count = h.shape[1] * h.shape[2]
-            if sat_fn is not None:
-                sat = sat_fn(h, tmp)  # 0./1. in tmp
-            else:
+            if act.saturated is None:
                 torch.stack([self._act_in[i] for i in idx], out=tmp.view(len(idx), *shape))
-                sat = torch.lt(act.dphi(tmp).abs_(), SATURATION * act.dphi_max, out=tmp)
-            # a float32 count is exact while every partial sum is an integer below 2**24
-            n_sat = sat.sum((1, 2), dtype=torch.float64 if count > 2**24 else None)
-            lo, hi = h.amin(1), h.amax(1)  # (G, U): a unit is dead where both are 0
-            n_dead = (lo == 0).logical_and_(hi == 0).sum(1)
-            mean, std = _mean_std(h, lo, hi)  # last: it overwrites h
             first = row["act_mean"]  # the four act kinds are consecutive in KINDS
-            values[first:first + 4, index] = torch.stack(
-                [mean, std, n_sat.double() / count, n_dead.double() / h.shape[2]])
+            values[first:first + 4, index] = act_stats(act, h, tmp)
+
+
+def act_stats(act: Activation, h: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """act_mean, act_std, saturation and dead of G groups of activations, as a (4, G) float64 tensor.
+
+    ``h``: (G, B, U) float32 outputs of ``act`` (overwritten); ``tmp``: (G, B, U) scratch, holding
+    the pre-activations where ``act.saturated`` is None (saturation is then read off phi'(z)).
+    A group is one layer (:class:`GradientRecorder`), or one layer of one member of a batched model
+    (:mod:`vgp.batched`): the statistics of each are those of its own (B, U) slice.
+    """
+    count = h.shape[1] * h.shape[2]
+    if act.saturated is not None:
+        sat = act.saturated(h, tmp)  # 0./1. in tmp
+    else:
+        sat = torch.lt(act.dphi(tmp).abs_(), SATURATION * act.dphi_max, out=tmp)
+    # a float32 count is exact while every partial sum is an integer below 2**24
+    n_sat = sat.sum((1, 2), dtype=torch.float64 if count > 2**24 else None)
+    lo, hi = h.amin(1), h.amax(1)  # (G, U): a unit is dead where both are 0
+    n_dead = (lo == 0).logical_and_(hi == 0).sum(1)
+    mean, std = _mean_std(h, lo, hi)  # last: it overwrites h
+    return torch.stack([mean, std, n_sat.double() / count, n_dead.double() / h.shape[2]])

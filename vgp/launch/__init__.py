@@ -57,14 +57,64 @@ def run_cell(cfg, runs: Path, retry_failed: bool = False) -> Outcome:
             result = train.run(cfg, out=runs, force=False, quiet=True, lock=False)
             return Outcome(cfg.name, result.status, None, time.perf_counter() - t0)
         except Exception as e:
-            if not _recorded_since(folder, started):  # it failed before train.run wrote this attempt's record
-                try:
-                    results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
-                    results.write_json(folder / "meta.json", {"status": "failed", "error": repr(e)[:2000],
-                                                             "ended": results.now()})
-                except OSError:
-                    pass  # the outcome still says failed, and why
+            _mark_failed(folder, e, started)
             return Outcome(cfg.name, "failed", f"{type(e).__name__}: {e}", time.perf_counter() - t0)
+
+
+def run_group(cfgs: list, runs: Path, retry_failed: bool = False) -> list[Outcome]:
+    """Run cells that :func:`vgp.batched.batchable` accepts as one batched model, each into
+    ``runs/<cfg.name>/`` as :func:`run_cell` would: finished cells (and failed ones, without
+    ``retry_failed``) are skipped, so a resumed sweep trains only the unfinished members of a group;
+    a cell another process holds is run alone afterwards (waiting for it). One outcome per config, in order."""
+    from vgp import batched  # the heavy import, only where runs execute
+
+    runs = Path(runs)
+    outcomes: dict[str, Outcome] = {}
+    later, mine = [], []
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        for cfg in cfgs:
+            folder = runs / cfg.name
+            if not stack.enter_context(results.run_lock(folder, wait=False)):
+                later.append(cfg)
+                continue
+            status = results.read_status(folder)
+            if status in results.FINISHED:
+                outcomes[cfg.name] = Outcome(cfg.name, "done")
+            elif status == "failed" and not retry_failed:
+                outcomes[cfg.name] = Outcome(cfg.name, "failed-before")
+            else:
+                mine.append(cfg)
+        if len(mine) == 1:
+            later.append(mine.pop())  # alone: run_cell below, once this group's locks are released
+        if mine:
+            started, error = time.time(), None
+            try:
+                batched.run_batched(mine, out=runs, force=False, quiet=True, lock=False)
+            except Exception as e:  # every member not finished is marked failed in its folder
+                error = f"{type(e).__name__}: {e}"
+                for cfg in mine:
+                    _mark_failed(runs / cfg.name, e, started)
+            wall = time.perf_counter() - t0
+            for cfg in mine:
+                status = results.read_status(runs / cfg.name)
+                if status not in results.FINISHED:
+                    status = "failed"
+                outcomes[cfg.name] = Outcome(cfg.name, status, error if status == "failed" else None, wall)
+    for cfg in later:
+        outcomes[cfg.name] = run_cell(cfg, runs, retry_failed)
+    return [outcomes[cfg.name] for cfg in cfgs]
+
+
+def _mark_failed(folder: Path, e: Exception, started: float) -> None:
+    """Record ``e`` in a run folder that it failed before the run wrote this attempt's record."""
+    if not _recorded_since(folder, started):
+        try:
+            results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
+            results.write_json(folder / "meta.json", {"status": "failed", "error": repr(e)[:2000],
+                                                     "ended": results.now()})
+        except OSError:
+            pass  # the outcome still says failed, and why
 
 
 def _recorded_since(folder: Path, t: float) -> bool:

@@ -22,9 +22,11 @@ from pathlib import Path
 
 from vgp import results, sweep as sweepmod
 from vgp.errors import UserError
-from vgp.launch import Outcome, SweepProgress, run_cell
+from vgp.launch import Outcome, SweepProgress, run_cell, run_group
 
-SETTINGS = {"jobs": None}  # worker processes (None: one per GPU, else one per core)
+SETTINGS = {"jobs": None,  # worker processes (None: one per GPU, else one per core)
+            "batch": 8}  # at most this many cells that differ only in seed/init/optimizer train as one batched
+#                           model (vgp.batched); 1: every cell alone (vgp sweep --no-batch)
 
 # -- in the worker processes ---------------------------------------------------------------------
 _in_run = False  # a run is executing: a signal interrupts it
@@ -64,15 +66,18 @@ def _init_worker(threads: int, gpus, parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
-def _work(cfg, runs: Path, retry_failed: bool) -> Outcome:
+def _work(cfgs: list, runs: Path, retry_failed: bool) -> list[Outcome]:
+    """One cell, or a group of cells trained as one batched model; an outcome per cell."""
     global _in_run
     try:
         _in_run = True
         if _stopping:
-            return Outcome(cfg.name, "not-started")
-        return run_cell(cfg, runs, retry_failed)
+            return [Outcome(cfg.name, "not-started") for cfg in cfgs]
+        if len(cfgs) == 1:
+            return [run_cell(cfgs[0], runs, retry_failed)]
+        return run_group(cfgs, runs, retry_failed)
     except KeyboardInterrupt:
-        return Outcome(cfg.name, "interrupted")
+        return [Outcome(cfg.name, "interrupted") for cfg in cfgs]
     finally:
         _in_run = False
 
@@ -110,14 +115,32 @@ def plan(cells, jobs: int | None) -> tuple[int, int, list[str]]:
     return jobs, max(1, cores() // jobs), gpus
 
 
+def units(cells, jobs: int, batch) -> list[list]:
+    """The work items: single cells, and groups of at most ``batch`` cells that train as one batched
+    model (:func:`vgp.batched.groups`), no larger than it takes to give every worker one (8 seeds on
+    2 workers: two groups of 4)."""
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise UserError(f"launcher.batch: expected a positive whole number (1: no batching), got {batch!r}")
+    if batch > 1:
+        batch = min(batch, max(2, -(-len(cells) // jobs)))
+        from vgp import batched
+
+        return [[cells[i] for i in g] for g in batched.groups([c.cfg for c in cells], batch)]
+    return [[c] for c in cells]
+
+
 def launch(sweep, todo, sweep_dir: Path, settings: dict, retry_failed: bool, before: dict, quiet: bool) -> int:
     """Run ``todo`` in a pool of ``settings['jobs']`` workers; returns how many runs were trained here."""
     jobs, threads, gpus = plan(todo, settings.get("jobs"))
+    work = units(todo, jobs, settings.get("batch", SETTINGS["batch"]))
+    if len(work) < jobs:  # fewer, batched work items: as many workers, sharing the cores
+        jobs = len(work)
+        threads = max(1, cores() // jobs) if not gpus else threads
     runs = Path(sweep_dir) / "runs"
     order = [c.id for c in sweep.cells]
     done = sum(s in results.FINISHED for s in before.values())
     failed = sum(s == "failed" for s in before.values()) if not retry_failed else 0
-    pending, ran = list(todo), 0
+    pending, ran = work, 0
     old = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
     with SweepProgress(sweep.name, len(sweep.cells), done, failed, quiet) as progress:
         try:
@@ -140,29 +163,30 @@ def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, orde
         queue.put(gpus[i % len(gpus)] if gpus else None)
     pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
                                initargs=(threads, queue, os.getpid()))
-    futures = {pool.submit(_work, c.cfg, runs, retry_failed): c for c in pending}
+    futures = {pool.submit(_work, [c.cfg for c in unit], runs, retry_failed): unit for unit in pending}
     left, done, failed, ran, again = set(futures), 0, 0, 0, []
     try:
         while left:
             finished, left = wait(left, timeout=1.0, return_when=FIRST_COMPLETED)
             trained = []  # finished here: their rows go into the sweep's summary now (watchable as it runs)
             for fut in finished:
-                cell = futures[fut]
+                unit = futures[fut]
                 try:
-                    outcome = fut.result()
-                except BrokenProcessPool:  # a worker died: decide this cell from its folder
-                    outcome = _after_crash(cell, runs)
-                if outcome.status in results.FINISHED:
-                    done, ran = done + 1, ran + 1
-                    trained.append(cell.id)
-                elif outcome.status == "done":
-                    done += 1
-                elif outcome.status == "failed":
-                    failed, ran = failed + 1, ran + 1
-                elif outcome.status == "failed-before":
-                    failed += 1
-                elif outcome.status in ("again",):
-                    again.append(cell)
+                    outcomes = fut.result()
+                except BrokenProcessPool:  # a worker died: decide its cells from their folders
+                    outcomes = [_after_crash(cell, runs) for cell in unit]
+                for cell, outcome in zip(unit, outcomes):
+                    if outcome.status == "again":
+                        again.append([cell])
+                    elif outcome.status in results.FINISHED:
+                        done, ran = done + 1, ran + 1
+                        trained.append(cell.id)
+                    elif outcome.status == "done":
+                        done += 1
+                    elif outcome.status == "failed":
+                        failed, ran = failed + 1, ran + 1
+                    elif outcome.status == "failed-before":
+                        failed += 1
             show(done, min(jobs, len(left)), failed)
             if trained:
                 sweepmod.add_to_summary(sweep_dir, trained, order)
@@ -171,7 +195,7 @@ def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, orde
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    if again and len(again) == len(pending):
+    if again and len(again) == sum(len(unit) for unit in pending):
         raise UserError("the sweep's worker processes died before finishing any run; try one with vgp run")
     return again, done, failed, ran
 

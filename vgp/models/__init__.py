@@ -31,7 +31,7 @@ class Tracked:
     stream: nn.Module | None = None
 
 
-from vgp.models.mlp import MLP, mlp  # noqa: E402,F401
+from vgp.models.mlp import MLP, StackedMLP, mlp  # noqa: E402,F401
 from vgp.models.resnet import RESNET_DEPTHS, ResNet, resnet  # noqa: E402,F401
 from vgp.models.rnn import RecurrentNet, recurrent  # noqa: E402,F401
 from vgp.models.transformer import Transformer, transformer  # noqa: E402,F401

@@ -84,3 +84,34 @@ def mlp(in_shape: tuple, out_size: int, width: int, depth: int, activation: Acti
     if init["name"] == "lsuv":
         lsuv_scale(model, [t.layer for t in model.tracked()], init_batch, init["tol"], init["max_iter"])
     return model
+
+
+class StackedMLP(nn.Module):
+    """K equally shaped :class:`vgp.models.MLP` as one module: ``weights[l]`` (K, out, in),
+    ``biases[l]`` (K, out), copied from the members. ``forward`` maps (K, B, *shape) to (K, B, out);
+    ``taps`` (a list) receives each hidden layer's pre-activation and activation output."""
+
+    def __init__(self, members: list):
+        super().__init__()
+        tracked = [m.tracked() for m in members]
+        n = len(tracked[0])
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([t[i].layer.weight.detach() for t in tracked])) for i in range(n))
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.stack([t[i].layer.bias.detach() for t in tracked])) for i in range(n))
+        self.skip = [b.skip for b in members[0].blocks]
+        self.act = members[0].blocks[0].act if members[0].blocks else None
+
+    def forward(self, x, taps: list | None = None):  # (K, B, *shape) -> (K, B, out)
+        h = x.flatten(2)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # (K, B, out)
+            if taps is not None:
+                taps.append(z)
+            if i == last:
+                return z
+            a = self.act(z)
+            if taps is not None:
+                taps.append(a)
+            h = h + a if self.skip[i] else a

@@ -1,0 +1,466 @@
+"""Several runs of one MLP config, differing only in their seed (or init, or optimizer arguments),
+trained as one batched model: ``run_batched(cfgs)`` writes the same run folders as ``vgp run`` of
+each config alone, several times faster for small nets on the CPU.
+
+Each member is built exactly as alone (``torch.manual_seed(seed)``, its own data set, its own
+init), then the K members' weights are stacked on a leading member dimension: a (K, out, in)
+weight per layer, a forward pass of ``torch.baddbmm`` on (K, B, in) inputs, each member fed its own
+batch (its own data, its own batch order). The loss is the sum of the members' own mean losses, so
+each member's gradient is its solo gradient; the optimizers vgp has are elementwise, so one
+optimizer over the stacked tensors updates each member as its own would (members whose optimizer
+arguments differ get one optimizer each, over views that share the stacked storage). Clipping by
+norm scales each member by its own total norm. The recorder's statistics are taken per member
+(:func:`vgp.record.act_stats` on (layers x members, B, U) slices), and every member writes its own
+folder with the same files, columns and statuses as :func:`vgp.train.run`; ``meta.json`` says
+``"batched": K``.
+
+A member that diverges ends its folder as diverged at the step it would alone; the others go on
+(the diverged member's slice is still computed, and ignored). An exception, Ctrl-C or SIGTERM marks
+every member not yet finished failed or interrupted, as ``vgp run`` would.
+
+What can be batched is decided by :func:`batchable`: model.arch=mlp without batch/layer norm,
+one of vgp's elementwise optimizers, and configs equal except for the keys in :data:`MAY_DIFFER`.
+A config key this module does not know (a setting added later) must have its default value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import time
+from pathlib import Path
+
+from vgp import config, results
+from vgp.config import KINDS
+from vgp.errors import UserError
+from vgp.optim import OPTIMIZERS
+from vgp.registry import LazyModule
+
+# imported on first use: batchable() and groups() serve a sweep's planning without torch
+torch, F = LazyModule("torch"), LazyModule("torch.nn.functional")
+train, record, analysis = LazyModule("vgp.train"), LazyModule("vgp.record"), LazyModule("vgp.analysis")
+datasets = LazyModule("vgp.data")
+
+# keys whose values may differ between the members of one batched model (prefixes of flattened keys)
+MAY_DIFFER = ("name", "out", "seed", "model.init", "model.bias_init", "train.optimizer")
+# the keys batched training knows (a key, or a section or spec ending in "."): any other key, such as a
+# setting added to vgp later, must keep its default value, or the config is not batchable
+KNOWN = ("name", "out", "seed", "device", "model.arch", "model.depth", "model.width", "model.activation.",
+         "model.init.", "model.bias_init.", "model.norm", "model.skip", "model.recurrent_init.", "model.forget_bias",
+         "data.", "train.steps", "train.batch_size", "train.optimizer.", "train.clip.", "train.eval_every",
+         "log.every", "log.kinds")
+OPTIMIZERS_OK = ("sgd", "adam", "adamw", "rmsprop", "adagrad")  # elementwise: a stacked tensor updates per member
+
+
+def _flat(cfg: config.Config) -> dict:
+    return config.flatten(config.to_dict(cfg))
+
+
+@functools.cache
+def _defaults() -> dict:
+    return _flat(config.Config())
+
+
+def _known(key: str) -> bool:
+    return any(key.startswith(k) if k.endswith(".") else key == k for k in KNOWN)
+
+
+def _differs_ok(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in MAY_DIFFER)
+
+
+def batchable(cfgs: list[config.Config]) -> str | None:
+    """None when ``cfgs`` can be trained as one batched model, else why not (one sentence naming the key)."""
+    if not cfgs:
+        return "no configs"
+    defaults = _defaults()
+    flats = [_flat(c) for c in cfgs]
+    for cfg, flat in zip(cfgs, flats):
+        m = cfg.model
+        if m.arch != "mlp":
+            return f"model.arch={m.arch}: only mlp is batched"
+        if m.norm != "none":
+            return f"model.norm={m.norm}: normalisation layers are not batched"
+        opt = cfg.train.optimizer["name"]
+        if opt not in OPTIMIZERS_OK:
+            return f"train.optimizer.name={opt}: only {', '.join(OPTIMIZERS_OK)} are batched"
+        for key, value in flat.items():
+            if not _known(key) and (key not in defaults or value != defaults[key]):
+                return f"{key}={value}: a setting batched training does not know"
+    first = {k: v for k, v in flats[0].items() if not _differs_ok(k)}
+    for cfg, flat in zip(cfgs[1:], flats[1:]):
+        other = {k: v for k, v in flat.items() if not _differs_ok(k)}
+        if other != first:
+            key = next(k for k in sorted(set(first) | set(other)) if first.get(k) != other.get(k))
+            return (f"{key} differs ({first.get(key)} in {cfgs[0].name}, {other.get(key)} in {cfg.name}); "
+                    f"only {', '.join(MAY_DIFFER[2:])} may")
+    if len({c.name for c in cfgs}) < len(cfgs):
+        return "two configs have the same name"
+    return None
+
+
+def group_key(cfg: config.Config) -> str | None:
+    """Configs with equal keys can be batched together; None for one that cannot be batched at all."""
+    if batchable([cfg]) is not None:
+        return None
+    return json.dumps({k: v for k, v in _flat(cfg).items() if not _differs_ok(k)}, sort_keys=True, default=str)
+
+
+def groups(cfgs: list[config.Config], size: int) -> list[list[int]]:
+    """Indices of ``cfgs`` in groups of at most ``size`` that :func:`batchable` accepts, in order of
+    their first member; a config that cannot be batched is a group of its own."""
+    by_key: dict = {}
+    out: list[list[int]] = []
+    for i, cfg in enumerate(cfgs):
+        key = group_key(cfg) if size > 1 else None
+        if key is None:
+            out.append([i])
+            continue
+        g = by_key.get(key)
+        if g is None or len(g) >= size:
+            g = by_key[key] = []
+            out.append(g)
+        g.append(i)
+    return out
+
+
+# -- the batched model ---------------------------------------------------------------------------
+
+def _member_dims(t: torch.Tensor) -> tuple:
+    return tuple(range(1, t.dim()))
+
+
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(P, K): the norm of each member's slice of each stacked tensor."""
+    return torch.stack([torch.linalg.vector_norm(t, dim=_member_dims(t)) for t in tensors])
+
+
+def _losses(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """(K,) each member's mean loss, as :func:`vgp.train.loss_fn` computes it alone."""
+    if task == "classification":
+        return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+    return F.mse_loss(out, y, reduction="none").mean(_member_dims(out))
+
+
+def evaluate(net, x, y, task: str, chunk: int = 4096):
+    """Each member's mean test loss and accuracy (None for regression), as :func:`vgp.train.evaluate`
+    alone: lists of K floats. ``x``, ``y``: (K, N, ...) stacked, one set per member."""
+    with torch.no_grad():
+        return _evaluate(net, x, y, task, chunk)
+
+
+def _evaluate(net, x, y, task: str, chunk: int):
+    k = x.shape[0]
+    total = torch.zeros(k, device=x.device, dtype=torch.float32)
+    correct = torch.zeros(k, device=x.device, dtype=torch.float32)
+    for i in range(0, x.shape[1], chunk):
+        out = net(x[:, i:i + chunk])
+        yy = y[:, i:i + chunk]
+        if task == "classification":
+            total += F.cross_entropy(out.flatten(0, 1), yy.flatten(), reduction="none").view(yy.shape).sum(1)
+            correct += (out.argmax(-1) == yy).float().sum(1)
+        else:
+            total += F.mse_loss(out, yy, reduction="none").sum(_member_dims(out)) / out.shape[-1]
+    n = x.shape[1]
+    loss = [v / n for v in total.tolist()]
+    acc = [v / n for v in correct.tolist()] if task == "classification" else [None] * k
+    return loss, acc
+
+
+# -- running -------------------------------------------------------------------------------------
+
+class _Member:
+    """One member's run folder, its streams and how far it got."""
+
+    def __init__(self, cfg, folder: Path):
+        self.cfg, self.folder = cfg, folder
+        self.streams: list = []
+        self.finished = False  # summary.csv written
+        self.status, self.diverged_step, self.grad_ratio, self.last_loss, self.done = "completed", None, None, None, 0
+        self.train_s = 0.0
+
+
+def run_batched(cfgs: list[config.Config], out: str | Path | None = None, force: bool = False, quiet: bool = True,
+                lock: bool = True) -> list:
+    """Train ``cfgs`` as one batched model, each into ``<out>/<name>/`` as :func:`vgp.train.run` would
+    (``out`` None: each config's own ``out``). Raises UserError when :func:`batchable` says they cannot
+    be, and as ``vgp.train.run`` does otherwise; every member's folder is marked how the group ended."""
+    why = batchable(cfgs)
+    if why is not None:
+        raise UserError(f"these {len(cfgs)} configs cannot be trained batched: {why}")
+    device = train.pick_device(cfgs[0].device)
+    from vgp import preflight
+
+    for cfg in cfgs:
+        preflight.check(cfg, f"config '{cfg.name}'", device=str(device))
+    folders = [Path(out if out is not None else cfg.out) / cfg.name for cfg in cfgs]
+    with contextlib.ExitStack() as stack:
+        for folder in folders:
+            if lock and not stack.enter_context(results.run_lock(folder)):
+                raise UserError(f"{folder} is being written by another run; wait for it to end, or use --out")
+        for folder in folders:
+            results.prepare(folder, force)
+        with train._signals_as_exceptions():
+            return _run_in([_Member(c, f) for c, f in zip(cfgs, folders)], device, quiet)
+
+
+def _run_in(members: list[_Member], device, quiet: bool) -> list:
+    # -- set-up: every member built as alone, then stacked ---------------------------------------
+    from vgp.models import StackedMLP
+
+    started, t_start = results.now(), time.perf_counter()
+    k = len(members)
+    out: list = [None] * k
+    try:
+        for m in members:
+            results.write_yaml(m.folder / "config.yaml", config.to_dict(m.cfg))
+            results.write_json(m.folder / "meta.json", train._meta(device, started, "running", batched=k))
+        datas, models = [], []
+        for m in members:
+            torch.manual_seed(m.cfg.seed)
+            d = datasets.load(m.cfg.data, m.cfg.seed)
+            model, act = train.build_model(m.cfg.model, d)
+            datas.append(d)
+            models.append(model)
+        net = StackedMLP(models).to(device).train()  # (K, out, in) weights
+        x_train, y_train, x_test, y_test = (_stacked([getattr(d, n) for d in datas], device)
+                                            for n in ("x_train", "y_train", "x_test", "y_test"))
+        # member 0's recorder, never attached: the rows' layout (names, applicable kinds) of every member
+        template = record.GradientRecorder(models[0].tracked(), act, list(models[0].parameters()),
+                                           members[0].cfg.log.kinds)
+        for m in members:
+            m.streams = [results.CsvStream(m.folder / "grad_norms.csv", train.GRAD_COLUMNS),
+                         results.CsvStream(m.folder / "metrics.csv", train.METRIC_COLUMNS)]
+        _train(members, net, act, datas[0].task, (x_train, y_train, x_test, y_test), template, t_start, started,
+               device, quiet, datas)
+        return [train.RunResult(m.folder, m.status, m.summary) for m in members]
+    except BaseException as e:
+        for m in members:
+            if not m.finished:
+                train._record_end(m.folder, m.streams, e, device, started, quiet)
+        raise
+
+
+def _stacked(tensors: list[torch.Tensor], device) -> torch.Tensor:
+    """(K, N, ...) on the device: the members' sets stacked, or one set seen K times where they are
+    equal (a data set read from files does not depend on the seed: no K copies of it)."""
+    first = tensors[0]
+    if all(t.shape == first.shape and torch.equal(t, first) for t in tensors[1:]):
+        first = first.to(device)
+        return first.unsqueeze(0).expand(len(tensors), *first.shape)
+    return torch.stack(tensors).to(device)
+
+
+def _finish(m: _Member, k: int, data, device, started: str, t_start: float) -> None:
+    """The member's CSVs get their final names, then its summary marks the folder finished."""
+    for s in m.streams:
+        s.finish()
+    wall = time.perf_counter() - t_start
+    outcome = {"status": m.status, "steps_done": m.done, "final_loss": m.last_loss,
+               "final_test_loss": m.final_test_loss, "final_test_acc": m.final_test_acc, "grad_ratio": m.grad_ratio,
+               "diverged_step": m.diverged_step, "train_s": round(m.train_s, 3)}
+    summary = {**config.flatten(config.to_dict(m.cfg)), **outcome, "wall_s": round(wall, 3), **data.info}
+    summary.update(analysis.summary_columns(m.folder))
+    results.write_json(m.folder / "meta.json", train._meta(device, started, summary["status"], ended=results.now(),
+                                                           wall_s=summary["wall_s"], train_s=outcome["train_s"],
+                                                           batched=k))
+    results.atomic_write(m.folder / "summary.csv", results.csv_text([summary], list(summary)))
+    m.summary = summary
+    m.finished = True
+
+
+def _optimizers(members, net):
+    """One optimizer over the stacked tensors where every member's spec is the same, else one per
+    member over views sharing their storage. Returns (optimizers, per-member views or None)."""
+    params = list(net.parameters())
+    specs = [m.cfg.train.optimizer for m in members]
+    if all(s == specs[0] for s in specs):
+        opt = OPTIMIZERS.build(specs[0], params)
+        for group in opt.param_groups:  # one fused call per update op over the few stacked tensors
+            if "foreach" in group:  # (the same elementwise arithmetic as the per-tensor loop)
+                group["foreach"] = True
+        return [opt], None
+    views = [[torch.nn.Parameter(p.data[i]) for p in params] for i in range(len(members))]
+    return [OPTIMIZERS.build(s, v) for s, v in zip(specs, views)], views
+
+
+def _train(members, net, act, task, tensors, template, t_start, started, device, quiet, datas) -> None:
+    """The loop of :func:`vgp.train._train`, for K members at once."""
+    x_train, y_train, x_test, y_test = tensors
+    cfg = members[0].cfg
+    k = len(members)
+    clip, steps, every, eval_every = cfg.train.clip, cfg.train.steps, cfg.log.every, cfg.train.eval_every
+    kinds = set(cfg.log.kinds)
+    pairs = template.applicable()
+    n_layers = len(template.names)
+    flat_index = [KINDS.index(kd) * n_layers + i for kd, i in pairs]
+    grad_prefixes = [f"{i + 1},{template.names[i]},{kd}" for kd, i in pairs]
+    hidden = [i for i, t in enumerate(template.tracked) if t.output and t.act is not None]
+    params = list(net.parameters())
+    weights, biases = list(net.weights), list(net.biases)
+    opts, views = _optimizers(members, net)
+    lrs = lambda: [o.param_groups[0]["lr"] for o in opts] * (k if len(opts) == 1 else 1)  # noqa: E731
+    iters = [train.batches(x_train.shape[1], cfg.train.batch_size, m.cfg.seed, device) for m in members]
+    rows = torch.arange(k, device=device)[:, None]
+    prev = [torch.empty_like(w) for w in weights]
+    buffers: dict = {}  # the recorder's scratch tensors
+    want_act = bool(kinds & {"act_mean", "act_std", "saturation", "dead"}) and hidden
+    alive = list(range(k))
+    pending: list[torch.Tensor] = []
+    finite: list[torch.Tensor] = []
+    nan = torch.full((k,), math.nan, device=device)
+    for m in members:
+        m.final_test_loss = m.final_test_acc = None
+
+    t_loop = time.perf_counter()
+    with train._progress(quiet, f"{cfg.name} (+{k - 1} batched)", steps) as progress:
+        bar = progress.add_task(cfg.name, total=steps, loss="-")
+        for step in range(steps):
+            recording = step % every == 0 or step % eval_every == 0 or step == steps - 1
+            test_loss = test_acc = None
+            if step % eval_every == 0:
+                test_loss, test_acc = evaluate(net, x_test, y_test, task)
+            idx = torch.stack([next(it) for it in iters])  # (K, B)
+            x, y = x_train[rows, idx], y_train[rows, idx]
+
+            # step: forward, backward, clip, update
+            taps: list | None = [] if recording else None
+            out_grads: list = []
+            logits = net(x, taps)
+            if recording and "output_grad" in kinds:
+                zs = [taps[2 * i] for i in range(n_layers)]
+                out_grads = [None] * n_layers
+                for i, z in enumerate(zs):
+                    z.register_hook(lambda g, i=i: out_grads.__setitem__(i, torch.linalg.vector_norm(g, dim=(1, 2))))
+            losses = _losses(logits, y, task)  # (K,)
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            for p in params:
+                p.grad = None
+            losses.sum().backward()
+            pending.append(losses.detach())
+            grads = [p.grad for p in params]
+            norms = _norms(grads)  # (P, K)
+            gn = torch.linalg.vector_norm(norms, dim=0)  # (K,) before clipping
+            if recording:
+                values = _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, hidden, n_layers,
+                                 params, norms, device, buffers)
+                clipped = torch.zeros(k, dtype=torch.bool, device=device)
+                if clip.mode == "value":
+                    amax = torch.stack([g.abs().amax(_member_dims(g)) for g in grads]).amax(0)
+                    clipped = amax > clip.value
+                elif clip.mode == "norm":
+                    clipped = gn + 1e-6 > clip.max_norm
+            finite.append(torch.isfinite(gn) & torch.isfinite(pending[-1]))
+            if clip.mode == "norm":  # torch.nn.utils.clip_grad_norm_, each member by its own norm
+                coef = (clip.max_norm / (gn + 1e-6)).clamp(max=1.0)
+                for g in grads:
+                    g.mul_(coef.view(k, *[1] * (g.dim() - 1)))
+            elif clip.mode == "value":
+                torch.nn.utils.clip_grad_value_(params, clip.value)
+            if views is not None:
+                for i, vs in enumerate(views):
+                    for v, g in zip(vs, grads):
+                        v.grad = g[i]
+            for o in opts:
+                o.step()
+            for i in alive:
+                members[i].done = step + 1
+            if not recording:
+                continue
+
+            # record: one transfer, then each member's rows
+            if "update_ratio" in kinds:
+                torch._foreach_sub_(prev, [w.detach() for w in weights])
+                values[:, KINDS.index("update_ratio")] = (torch.stack([torch.linalg.vector_norm(d, dim=(1, 2))
+                                                                       for d in prev]).T.double()
+                                                          / values[:, KINDS.index("weight")])
+            gnc = torch.linalg.vector_norm(_norms(grads), dim=0) if clip.mode != "none" else gn
+            acc = (logits.detach().argmax(-1) == y).float().mean(1) if task == "classification" else nan
+            scalars = torch.stack([losses.detach().float(), acc, gn, gnc, clipped.float()], 1)  # (K, 5)
+            n_pending = len(pending)
+            host = torch.cat([values.flatten(1), scalars.double(), torch.stack(pending, 1).double(),
+                              torch.stack(finite, 1).double()], 1).tolist()
+            pending.clear()
+            finite.clear()
+            elapsed = time.perf_counter() - t_loop
+            nv = values[0].numel()
+            lr = lrs()
+            for i in list(alive):
+                m, row = members[i], host[i]
+                flat, (l, a, g, gc, c) = row[:nv], row[nv:nv + 5]
+                ok = row[nv + 5 + n_pending:nv + 5 + 2 * n_pending]
+                grad_csv, metrics_csv = m.streams
+                grad_csv.write_values(step, grad_prefixes, [flat[j] for j in flat_index])
+                tl = test_loss[i] if test_loss is not None else None
+                ta = test_acc[i] if test_acc is not None else None
+                metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), lr[i],
+                                    round(elapsed, 4), tl, ta]])
+                if step == 0 and "output_grad" in kinds and hidden:
+                    m.grad_ratio = template.output_grad_ratio(flat, hidden)
+                for s in m.streams:
+                    s.flush()
+                m.last_loss = l
+                bad = [j for j, v in enumerate(ok) if v != 1.0]
+                if bad:
+                    m.diverged_step = step - n_pending + 1 + bad[0]
+                elif tl is not None and not math.isfinite(tl):
+                    m.diverged_step = step
+                if m.diverged_step is not None:
+                    m.status = "diverged"
+                    m.train_s = time.perf_counter() - t_loop
+                    alive.remove(i)
+                    _finish(m, k, datas[i], device, started, t_start)
+            progress.update(bar, completed=step + 1, loss=f"{members[alive[0]].last_loss:.4g}" if alive else "-")
+            if not alive:
+                break
+    train_s = time.perf_counter() - t_loop
+
+    # -- final evaluation, after the last update ----------------------------------------------------
+    if alive:
+        final_loss, final_acc = evaluate(net, x_test, y_test, task)
+        lr = lrs()
+        for i in alive:
+            m = members[i]
+            m.final_test_loss, m.final_test_acc = final_loss[i], final_acc[i]
+            m.streams[1].write([[steps, None, None, None, None, None, lr[i], round(time.perf_counter() - t_loop, 4),
+                                 m.final_test_loss, m.final_test_acc]])
+            if not math.isfinite(m.final_test_loss):
+                m.status, m.diverged_step = "diverged", steps
+            m.train_s = train_s
+        for i in alive:
+            _finish(members[i], k, datas[i], device, started, t_start)
+
+
+def _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, hidden, n_layers, params, norms,
+            device, buffers: dict) -> torch.Tensor:
+    """The recorder's (len(KINDS), L) values for every member: a (K, len(KINDS), L) float64 tensor,
+    NaN where not applicable (update_ratio is added after the step). ``buffers``: kept between calls."""
+    k = weights[0].shape[0]
+    values = torch.full((k, len(KINDS), n_layers), math.nan, dtype=torch.float64, device=device)
+    row = {kd: j for j, kd in enumerate(KINDS)}
+    pos = {id(p): j for j, p in enumerate(params)}
+    values[:, row["weight_grad"]] = norms[[pos[id(w)] for w in weights]].T.double()
+    values[:, row["bias_grad"]] = norms[[pos[id(b)] for b in biases]].T.double()
+    if "output_grad" in kinds:
+        zero = torch.zeros(k, device=device)
+        values[:, row["output_grad"]] = torch.stack([g if g is not None else zero for g in out_grads]).T.double()
+    if "update_ratio" in kinds or "weight" in kinds:
+        values[:, row["weight"]] = _norms([w.detach() for w in weights]).T.double()
+    if "update_ratio" in kinds:
+        torch._foreach_copy_(prev, [w.detach() for w in weights])
+    if want_act:
+        lh, (_, b, u) = len(hidden), taps[1].shape
+        if buffers.get("shape") != (lh, k, b, u):  # reused: a fresh multi-megabyte tensor costs page faults
+            buffers.update(shape=(lh, k, b, u), h=torch.empty(lh, k, b, u, device=device),
+                           tmp=torch.empty(lh, k, b, u, device=device))
+        h, tmp = buffers["h"], buffers["tmp"]
+        torch.stack([taps[2 * i + 1].detach() for i in hidden], out=h)  # (Lh, K, B, U)
+        if act.saturated is None:
+            torch.stack([taps[2 * i].detach() for i in hidden], out=tmp)
+        stats = record.act_stats(act, h.view(lh * k, b, u), tmp.view(lh * k, b, u)).view(4, lh, k)  # (4, Lh, K)
+        first = row["act_mean"]
+        values[:, first:first + 4, hidden] = stats.permute(2, 0, 1)
+    return values
