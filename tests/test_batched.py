@@ -110,7 +110,9 @@ def merged(**sections) -> dict:
     {**merged(model={"activation": "sigmoid"}), "data": {"name": "spirals", "classes": 3, "n_train": 64, "n_test": 32}},
     merged(train={"optimizer": {"name": "adam", "lr": 0.01}}),
     merged(log={"kinds": ["weight_grad", "act_std"]}),
-], ids=["relu-skip", "gelu", "sigmoid-spirals", "adam", "two-kinds"])
+    merged(train={"schedule": {"name": "warmup_cosine", "warmup_steps": 4}, "steps": 12}, log={"every": 1}),
+    merged(model={"activation": "relu", "init": {"name": "lsuv", "tol": 0.1, "max_iter": 10}}),
+], ids=["relu-skip", "gelu", "sigmoid-spirals", "adam", "two-kinds", "warmup-cosine", "lsuv"])
 def test_members_equal_alone_across_activations_data_and_kinds(tmp_path, raw):
     check_against_alone(cfgs_of(raw, seed=[0, 1, 2]), tmp_path)
 
@@ -199,6 +201,9 @@ def test_batchable_says_why_not(monkeypatch):
         "model.depth differs": cfgs_of(BASE, seed=[0, 1], model__depth=[3, 4]),
         "model.activation.name differs": cfgs_of(BASE, seed=[0, 1], model__activation=["tanh", "relu"]),
         "train.steps differs": cfgs_of(BASE, seed=[0, 1], train__steps=[5, 6]),
+        "train.precision=bf16": cfgs_of({**BASE, "train": {**BASE["train"], "precision": "bf16"}}, seed=[0, 1]),
+        "model.residual_scale=rezero": cfgs_of({**BASE, "model": {**BASE["model"], "skip": True,
+                                                                   "residual_scale": "rezero"}}, seed=[0, 1]),
     }
     for reason, cfgs in cases.items():
         why = batched.batchable(cfgs)

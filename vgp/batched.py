@@ -35,7 +35,7 @@ from pathlib import Path
 from vgp import config, results
 from vgp.config import KINDS
 from vgp.errors import UserError
-from vgp.optim import OPTIMIZERS
+from vgp.optim import OPTIMIZERS, SCHEDULES
 from vgp.registry import LazyModule
 
 # imported on first use: batchable() and groups() serve a sweep's planning without torch
@@ -49,8 +49,8 @@ MAY_DIFFER = ("name", "out", "seed", "model.init", "model.bias_init", "train.opt
 # setting added to vgp later, must keep its default value, or the config is not batchable
 KNOWN = ("name", "out", "seed", "device", "model.arch", "model.depth", "model.width", "model.activation.",
          "model.init.", "model.bias_init.", "model.norm", "model.skip", "model.recurrent_init.", "model.forget_bias",
-         "data.", "train.steps", "train.batch_size", "train.optimizer.", "train.clip.", "train.eval_every",
-         "log.every", "log.kinds")
+         "data.", "train.steps", "train.batch_size", "train.optimizer.", "train.schedule.", "train.clip.",
+         "train.eval_every", "log.every", "log.kinds")
 OPTIMIZERS_OK = ("sgd", "adam", "adamw", "rmsprop", "adagrad")  # elementwise: a stacked tensor updates per member
 
 
@@ -83,6 +83,8 @@ def batchable(cfgs: list[config.Config]) -> str | None:
             return f"model.arch={m.arch}: only mlp is batched"
         if m.norm != "none":
             return f"model.norm={m.norm}: normalisation layers are not batched"
+        if cfg.train.precision != "fp32":
+            return f"train.precision={cfg.train.precision}: mixed precision is not batched"
         opt = cfg.train.optimizer["name"]
         if opt not in OPTIMIZERS_OK:
             return f"train.optimizer.name={opt}: only {', '.join(OPTIMIZERS_OK)} are batched"
@@ -221,7 +223,7 @@ def _run_in(members: list[_Member], device, quiet: bool) -> list:
         for m in members:
             torch.manual_seed(m.cfg.seed)
             d = datasets.load(m.cfg.data, m.cfg.seed)
-            model, act = train.build_model(m.cfg.model, d)
+            model, act = train.build_model(m.cfg.model, d, train.first_batch(d, m.cfg.train.batch_size, m.cfg.seed))
             datas.append(d)
             models.append(model)
         net = StackedMLP(models).to(device).train()  # (K, out, in) weights
@@ -260,7 +262,7 @@ def _finish(m: _Member, k: int, data, device, started: str, t_start: float) -> N
     wall = time.perf_counter() - t_start
     outcome = {"status": m.status, "steps_done": m.done, "final_loss": m.last_loss,
                "final_test_loss": m.final_test_loss, "final_test_acc": m.final_test_acc, "grad_ratio": m.grad_ratio,
-               "diverged_step": m.diverged_step, "train_s": round(m.train_s, 3)}
+               "diverged_step": m.diverged_step, "skipped_steps": 0, "train_s": round(m.train_s, 3)}
     summary = {**config.flatten(config.to_dict(m.cfg)), **outcome, "wall_s": round(wall, 3), **data.info}
     summary.update(analysis.summary_columns(m.folder))
     results.write_json(m.folder / "meta.json", train._meta(device, started, summary["status"], ended=results.now(),
@@ -301,6 +303,7 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
     params = list(net.parameters())
     weights, biases = list(net.weights), list(net.biases)
     opts, views = _optimizers(members, net)
+    schedules = [SCHEDULES.build(cfg.train.schedule, o, steps) for o in opts]  # equal in every member
     lrs = lambda: [o.param_groups[0]["lr"] for o in opts] * (k if len(opts) == 1 else 1)  # noqa: E731
     iters = [train.batches(x_train.shape[1], cfg.train.batch_size, m.cfg.seed, device) for m in members]
     rows = torch.arange(k, device=device)[:, None]
@@ -364,8 +367,10 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
                 for i, vs in enumerate(views):
                     for v, g in zip(vs, grads):
                         v.grad = g[i]
-            for o in opts:
+            lr = lrs()  # what this update uses
+            for o, sched in zip(opts, schedules):
                 o.step()
+                sched.step()
             for i in alive:
                 members[i].done = step + 1
             if not recording:
@@ -387,7 +392,6 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
             finite.clear()
             elapsed = time.perf_counter() - t_loop
             nv = values[0].numel()
-            lr = lrs()
             for i in list(alive):
                 m, row = members[i], host[i]
                 flat, (l, a, g, gc, c) = row[:nv], row[nv:nv + 5]
@@ -397,7 +401,7 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
                 tl = test_loss[i] if test_loss is not None else None
                 ta = test_acc[i] if test_acc is not None else None
                 metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), lr[i],
-                                    round(elapsed, 4), tl, ta]])
+                                    round(elapsed, 4), tl, ta, 1.0, 0]])  # fp32: no loss scale, no skips
                 if step == 0 and "output_grad" in kinds and hidden:
                     m.grad_ratio = template.output_grad_ratio(flat, hidden)
                 for s in m.streams:
@@ -426,12 +430,31 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
             m = members[i]
             m.final_test_loss, m.final_test_acc = final_loss[i], final_acc[i]
             m.streams[1].write([[steps, None, None, None, None, None, lr[i], round(time.perf_counter() - t_loop, 4),
-                                 m.final_test_loss, m.final_test_acc]])
+                                 m.final_test_loss, m.final_test_acc, None, None]])
             if not math.isfinite(m.final_test_loss):
                 m.status, m.diverged_step = "diverged", steps
             m.train_s = train_s
         for i in alive:
             _finish(members[i], k, datas[i], device, started, t_start)
+
+
+def _underflow(grads: list, buffers: dict) -> torch.Tensor:
+    """(K, L) float64: each member's fraction of each stacked (K, out, in) weight gradient's entries below
+    float32's smallest normal number (zeros and subnormals), as :meth:`GradientRecorder._underflow` alone
+    (fp32: the loss scale is 1); the comparison written as 0./1. into a reused float buffer."""
+    largest = max(g.numel() for g in grads)
+    if buffers.get("underflow") is None or buffers["underflow"].numel() < largest:
+        buffers["underflow"] = torch.empty(largest, device=grads[0].device)
+    scratch = buffers["underflow"]
+    tiny = torch.finfo(torch.float32).tiny
+    fractions = []
+    for g in grads:
+        x = scratch[:g.numel()].view_as(g)
+        below = torch.lt(torch.abs(g, out=x), tiny, out=x)
+        per_member = g[0].numel()  # a float32 count is exact while every partial sum is below 2**24
+        count = below.sum(_member_dims(g), dtype=torch.float64 if per_member > 2**24 else None)
+        fractions.append(count.double() / per_member)
+    return torch.stack(fractions, 1)
 
 
 def _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, hidden, n_layers, params, norms,
@@ -451,6 +474,8 @@ def _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, h
         values[:, row["weight"]] = _norms([w.detach() for w in weights]).T.double()
     if "update_ratio" in kinds:
         torch._foreach_copy_(prev, [w.detach() for w in weights])
+    if "underflow" in kinds:
+        values[:, row["underflow"]] = _underflow([w.grad for w in weights], buffers)
     if want_act:
         lh, (_, b, u) = len(hidden), taps[1].shape
         if buffers.get("shape") != (lh, k, b, u):  # reused: a fresh multi-megabyte tensor costs page faults
