@@ -14,8 +14,9 @@ taken, so that drift of the machine hits every variant alike. Prints the ratios.
 own model and data code, importing only torch) against ``python -m vgp run`` processes, each from
 the start of the interpreter to its exit; the loop's time is what each reports (vgp: ``train_s`` in
 meta.json), the rest is time outside the loop (imports, set-up, checks, the files' finish).
-``--busy N`` keeps N other processes busy meanwhile (a plain Python loop each: "a run beside
-another job"), and adds the bare script with ``OMP_WAIT_POLICY=PASSIVE``, which `vgp run` sets.
+``--busy N`` runs N other PyTorch processes meanwhile (small matrix products in a loop, PyTorch's
+default threads: "a run beside another job"), and adds the bare script with
+``OMP_WAIT_POLICY=PASSIVE`` (waiting OpenMP threads sleep instead of spinning).
 """
 
 from __future__ import annotations
@@ -135,7 +136,9 @@ def whole_process(args) -> None:
     if args.busy:
         variants = {"bare script": None, "bare script, OMP_WAIT_POLICY=PASSIVE": None,
                     **{k: v for k, v in variants.items() if v is not None}}
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    hog = "import torch\nx, w = torch.randn(128, 256), torch.randn(256, 256)\nwhile True:\n    x @ w"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog], env={k: v for k, v in os.environ.items()
+                                                              if k != "OMP_WAIT_POLICY"}) for _ in range(args.busy)]
     try:
         _whole_process(args, variants)
     finally:
@@ -201,7 +204,7 @@ def main():
     p.add_argument("--whole-process", action="store_true",
                    help="time whole processes: a bare script against `vgp run` (set-up and finish included)")
     p.add_argument("--busy", type=int, default=0,
-                   help="--whole-process: keep N other processes busy meanwhile (a run beside another job)")
+                   help="--whole-process: run N other PyTorch processes meanwhile (a run beside another job)")
     args = p.parse_args()
     if args.whole_process:
         return whole_process(args)

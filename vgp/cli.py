@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -387,11 +386,6 @@ def report(
 
 
 def main() -> None:
-    # OpenMP threads that spin while they wait for work take the cores other processes need: beside
-    # another job, a 2-thread step on 2 cores measured 20-100x slower than with waiting threads that
-    # sleep (README, "Threads on a busy machine"). libgomp reads this when torch loads, hence here;
-    # a value the user set wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         app(prog_name="vgp")
     except UserError as e:

@@ -57,7 +57,6 @@ def _init_worker(threads: int, gpus, parent: int) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as vgp.cli.main: threads that wait sleep
     import torch
 
     torch.set_num_threads(threads)
