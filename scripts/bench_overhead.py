@@ -16,7 +16,8 @@ the start of the interpreter to its exit; the loop's time is what each reports (
 meta.json), the rest is time outside the loop (imports, set-up, checks, the files' finish).
 ``--busy N`` runs N other PyTorch processes meanwhile (small matrix products in a loop, PyTorch's
 default threads: "a run beside another job"), and adds the bare script with
-``OMP_WAIT_POLICY=PASSIVE`` (waiting OpenMP threads sleep instead of spinning).
+``OMP_WAIT_POLICY=PASSIVE`` (waiting OpenMP threads sleep at once) and with ``GOMP_SPINCOUNT=30000``
+(they spin a tenth of libgomp's default before they sleep: what `vgp run` sets).
 """
 
 from __future__ import annotations
@@ -135,10 +136,12 @@ def whole_process(args) -> None:
     variants = {"bare script": None, "vgp run, every 10th step, all kinds": 10, "vgp run, every step, all kinds": 1}
     if args.busy:
         variants = {"bare script": None, "bare script, OMP_WAIT_POLICY=PASSIVE": None,
+                    "bare script, GOMP_SPINCOUNT=30000": None,
                     **{k: v for k, v in variants.items() if v is not None}}
     hog = "import torch\nx, w = torch.randn(128, 256), torch.randn(256, 256)\nwhile True:\n    x @ w"
-    hogs = [subprocess.Popen([sys.executable, "-c", hog], env={k: v for k, v in os.environ.items()
-                                                              if k != "OMP_WAIT_POLICY"}) for _ in range(args.busy)]
+    hogs = [subprocess.Popen([sys.executable, "-c", hog], env={k: v for k, v in os.environ.items() if k not in
+                                                              ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")})
+            for _ in range(args.busy)]
     try:
         _whole_process(args, variants)
     finally:
@@ -150,7 +153,7 @@ def whole_process(args) -> None:
 def _whole_process(args, variants: dict) -> None:
     walls = {name: [] for name in variants}
     loops = {name: [] for name in variants}
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # PyTorch's default, unless named
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}  # libgomp's defaults
     env.update({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -160,7 +163,8 @@ def _whole_process(args, variants: dict) -> None:
             (tmp / f"every{every}.json").write_text(json.dumps(cfg))  # JSON is YAML
         for rep in range(args.repeats + 1):  # the first round warms the file cache and is not counted
             for name, every in variants.items():
-                run_env = env if "PASSIVE" not in name else {**env, "OMP_WAIT_POLICY": "PASSIVE"}
+                extra = dict(kv.split("=") for kv in name.split(", ")[1:]) if every is None else {}  # "bare script, K=V"
+                run_env = {**env, **extra}
                 if every is None:
                     cmd = [sys.executable, str(tmp / "bare.py"), str(args.depth), str(args.width), str(args.steps),
                            str(args.batch_size), args.activation]

@@ -180,7 +180,8 @@ def _meta(device, started: str, status: str, **extra) -> dict:
         "status": status, "vgp": vgp.__version__, "torch": torch.__version__, "python": platform.python_version(),
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
         platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "host": socket.gethostname(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+        "host": socket.gethostname(),
         "pid": os.getpid(), "git_commit": _git_commit(), "argv": sys.argv, "started": started, **extra,
     }
 
