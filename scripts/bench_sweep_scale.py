@@ -2,6 +2,7 @@
 
     python scripts/bench_sweep_scale.py                 # 10^3 and 10^4 cells; 3,000 tiny runs
     python scripts/bench_sweep_scale.py --runs 1000     # fewer runs (the run part takes minutes)
+    python scripts/bench_sweep_scale.py --skip-expansion --no-batch   # every run alone: the overhead per run
 
 (1) expanding + validating 10^3 and 10^4 cells: in process (`sweep.load`, torch already imported) and
     as a whole process (`vgp sweep FILE --dry-run`);
@@ -56,7 +57,7 @@ def expansion(folder: Path) -> None:
         print(f"expand+validate {cells:>6,} cells: {t_in:6.2f} s in process, {t_proc:6.2f} s as `vgp sweep --dry-run`")
 
 
-def runs(folder: Path, n: int, jobs: int) -> None:
+def runs(folder: Path, n: int, jobs: int, batch: bool = True) -> None:
     from vgp import sweep
 
     spec = {"name": "tiny", "base": BASE, "grid": {"train.steps": [1, 2], "model.depth": list(range(1, n // 20 + 1))},
@@ -64,14 +65,19 @@ def runs(folder: Path, n: int, jobs: int) -> None:
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "vgp", "sweep", str(path), "--out", str(folder), "-j", str(jobs), "-q"],
-                   check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "vgp", "sweep", str(path), "--out", str(folder), "-j", str(jobs), "-q"]
+                   + ([] if batch else ["--no-batch"]), check=True, cwd=ROOT)
     wall = time.perf_counter() - t
     with open(folder / "tiny" / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     busy = sum(float(r["wall_s"]) for r in rows)
-    print(f"{len(rows):,} tiny runs, --jobs {jobs}: {wall:.1f} s wall, runs' own wall_s {busy:.1f} s in all; "
-          f"overhead per run {(wall * jobs - busy) / len(rows) * 1000:.0f} ms")
+    if batch:  # a batched member's wall_s is its group's: they overlap, and only the total says anything
+        print(f"{len(rows):,} tiny runs, --jobs {jobs}, seeds batched: {wall:.1f} s wall, "
+              f"{wall * jobs / len(rows) * 1000:.0f} ms of a core per run")
+    else:
+        print(f"{len(rows):,} tiny runs, --jobs {jobs}, --no-batch: {wall:.1f} s wall, {wall * jobs / len(rows) * 1000:.0f} "
+              f"ms of a core per run, runs' own wall_s {busy:.1f} s in all: overhead per run "
+              f"{(wall * jobs - busy) / len(rows) * 1000:.0f} ms")
 
     # one summary update with k runs already in the summary
     sweep_dir = folder / "tiny"
@@ -109,13 +115,14 @@ def main():
     ap.add_argument("--runs", type=int, default=3000)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--skip-expansion", action="store_true")
+    ap.add_argument("--no-batch", action="store_true", help="run every cell alone (vgp sweep --no-batch)")
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench_sweep_scale_"))
     try:
         if not args.skip_expansion:
             expansion(folder)
         if args.runs:
-            runs(folder, args.runs, args.jobs)
+            runs(folder, args.runs, args.jobs, batch=not args.no_batch)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

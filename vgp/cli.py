@@ -392,10 +392,10 @@ SPINCOUNT = "30000"  # see main
 def main() -> None:
     # OpenMP threads waiting for work spin for libgomp's default 300,000 rounds before they sleep. Beside
     # another PyTorch process on the same cores the spinning teams take each other's time: a 2-thread
-    # step measured 670 ms instead of 8 ms. 30,000 rounds cost nothing on an idle machine here (7.4 ms)
-    # and give 16.5 ms beside such a process (PASSIVE, never spinning: 12.7 ms there but 19 ms when
-    # idle). libgomp reads it when torch loads, hence here, where no command has imported torch yet;
-    # what the user set wins. README, "Threads beside other jobs".
+    # step took 1.3 s instead of 8 ms (scripts/bench_threads.py). 30,000 rounds: 169 ms there, and about
+    # the same speed alone; PASSIVE (never spin) 13 ms there but 3x slower alone, so it is left to the
+    # user. libgomp reads this when torch loads, hence here, before any command imports torch; what the
+    # user set wins. README, "Threads beside other jobs".
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", SPINCOUNT)
     try:
