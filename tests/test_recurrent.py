@@ -55,8 +55,14 @@ def test_time_grads_equal_retain_grad(tmp_path, arch, over):
         (wi, _), (wh, _) = layer.weights()
         assert rec[f"layers.{k}.ih"] == pytest.approx(wi.grad.norm().item(), rel=1e-4)
         assert rec[f"layers.{k}.hh"] == pytest.approx(wh.grad.norm().item(), rel=1e-4)
+    # underflow: the fraction of dW's entries below float32's smallest normal number, counted by hand
+    under = g[(g.step == 0) & (g.kind == "underflow")].set_index("name").value
+    for k, layer in enumerate(model.layers):
+        (wi, _), (wh, _) = layer.weights()
+        for name, w in ((f"layers.{k}.ih", wi), (f"layers.{k}.hh", wh)):
+            assert under[name] == (w.grad.abs() < torch.finfo(torch.float32).tiny).double().mean().item(), name
     recurrent_rows = g[g.name.str.endswith(("ih", "hh"))]
-    assert set(recurrent_rows.kind) == {"weight_grad", "bias_grad", "weight", "update_ratio"}
+    assert set(recurrent_rows.kind) == {"weight_grad", "bias_grad", "weight", "update_ratio", "underflow"}
 
 
 def test_pascanu_bound_for_a_contracting_tanh_rnn(tmp_path):
