@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench_threads import HOG  # another PyTorch job
 from vgp import config, data as datasets
 from vgp.optim import OPTIMIZERS
 from vgp.train import batches, build_model, evaluate, run
@@ -131,15 +132,18 @@ print(json.dumps({"loop_s": time.perf_counter() - t, "loss": loss.item()}))
 """
 
 
+# the bare script again beside busy processes, with these OpenMP settings
+BUSY_ENVS = {"bare script, OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+             "bare script, GOMP_SPINCOUNT=30000": {"GOMP_SPINCOUNT": "30000"}}
+
+
 def whole_process(args) -> None:
     """Interleaved whole processes: the bare script, then `vgp run` at each logging setting; medians."""
     variants = {"bare script": None, "vgp run, every 10th step, all kinds": 10, "vgp run, every step, all kinds": 1}
     if args.busy:
-        variants = {"bare script": None, "bare script, OMP_WAIT_POLICY=PASSIVE": None,
-                    "bare script, GOMP_SPINCOUNT=30000": None,
+        variants = {"bare script": None, **{name: None for name in BUSY_ENVS},
                     **{k: v for k, v in variants.items() if v is not None}}
-    hog = "import torch\nx, w = torch.randn(128, 256), torch.randn(256, 256)\nwhile True:\n    x @ w"
-    hogs = [subprocess.Popen([sys.executable, "-c", hog], env={k: v for k, v in os.environ.items() if k not in
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG], env={k: v for k, v in os.environ.items() if k not in
                                                               ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")})
             for _ in range(args.busy)]
     try:
@@ -163,8 +167,7 @@ def _whole_process(args, variants: dict) -> None:
             (tmp / f"every{every}.json").write_text(json.dumps(cfg))  # JSON is YAML
         for rep in range(args.repeats + 1):  # the first round warms the file cache and is not counted
             for name, every in variants.items():
-                extra = dict(kv.split("=") for kv in name.split(", ")[1:]) if every is None else {}  # "bare script, K=V"
-                run_env = {**env, **extra}
+                run_env = {**env, **BUSY_ENVS.get(name, {})}
                 if every is None:
                     cmd = [sys.executable, str(tmp / "bare.py"), str(args.depth), str(args.width), str(args.steps),
                            str(args.batch_size), args.activation]

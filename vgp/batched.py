@@ -440,21 +440,14 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
 
 def _underflow(grads: list, buffers: dict) -> torch.Tensor:
     """(K, L) float64: each member's fraction of each stacked (K, out, in) weight gradient's entries below
-    float32's smallest normal number (zeros and subnormals), as :meth:`GradientRecorder._underflow` alone
-    (fp32: the loss scale is 1); the comparison written as 0./1. into a reused float buffer."""
+    float32's smallest normal number (zeros and subnormals), counted as the recorder does alone
+    (:func:`vgp.record.count_below`; fp32: the loss scale is 1)."""
     largest = max(g.numel() for g in grads)
     if buffers.get("underflow") is None or buffers["underflow"].numel() < largest:
         buffers["underflow"] = torch.empty(largest, device=grads[0].device)
-    scratch = buffers["underflow"]
     tiny = torch.finfo(torch.float32).tiny
-    fractions = []
-    for g in grads:
-        x = scratch[:g.numel()].view_as(g)
-        below = torch.lt(torch.abs(g, out=x), tiny, out=x)
-        per_member = g[0].numel()  # a float32 count is exact while every partial sum is below 2**24
-        count = below.sum(_member_dims(g), dtype=torch.float64 if per_member > 2**24 else None)
-        fractions.append(count.double() / per_member)
-    return torch.stack(fractions, 1)
+    return torch.stack([record.count_below(g, tiny, buffers["underflow"], _member_dims(g)).double() / g[0].numel()
+                        for g in grads], 1)
 
 
 def _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, hidden, n_layers, params, norms,

@@ -386,10 +386,8 @@ def report(
     typer.echo(str(reportmod.write(paths, out, by=split(by), where=where or [])))
 
 
-SPINCOUNT = "30000"  # see main
-
-
-def main() -> None:
+def bound_openmp_spinning() -> None:
+    """Set GOMP_SPINCOUNT=30000 unless the user set it or OMP_WAIT_POLICY; call before torch loads."""
     # OpenMP threads waiting for work spin for libgomp's default 300,000 rounds before they sleep. Beside
     # another PyTorch process on the same cores the spinning teams take each other's time: a 2-thread
     # step took 1.3 s instead of 8 ms (scripts/bench_threads.py). 30,000 rounds: 169 ms there, and about
@@ -397,7 +395,11 @@ def main() -> None:
     # user. libgomp reads this when torch loads, hence here, before any command imports torch; what the
     # user set wins. README, "Threads beside other jobs".
     if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ.setdefault("GOMP_SPINCOUNT", SPINCOUNT)
+        os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+
+
+def main() -> None:
+    bound_openmp_spinning()
     try:
         app(prog_name="vgp")
     except UserError as e:

@@ -72,6 +72,18 @@ def _mean_std(h: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
     return mean, std
 
 
+def count_below(g: torch.Tensor, thr, scratch: torch.Tensor, dims: tuple | None = None) -> torch.Tensor:
+    """How many entries of ``g`` have |g| < ``thr`` (over ``dims``; None: all), exactly. |g| and then the
+    comparison are written as 0./1. into ``scratch`` (a reused float buffer of at least g.numel()
+    entries; a boolean result and its count cost 3x as much here), summed in float32 while every
+    partial sum is an integer below 2**24, else in float64."""
+    x = scratch[:g.numel()].view_as(g)
+    below = torch.lt(torch.abs(g, out=x), thr, out=x)
+    per = g.numel() if dims is None else math.prod(g.shape[d] for d in dims)
+    dtype = torch.float64 if per > 2**24 else None
+    return below.sum(dtype=dtype) if dims is None else below.sum(dims, dtype=dtype)
+
+
 def _bias(layer) -> torch.Tensor | None:
     """A layer's own trainable bias, if it has one (an Embedding has no ``bias`` attribute; some
     modules keep a buffer, such as a causal mask, under that name)."""
@@ -324,14 +336,7 @@ class GradientRecorder:
         thr = torch.full((), self.tiny, device=norms.device)
         if scale is not None:
             thr = thr / scale
-        counts = []
-        for k in self._weight_list:  # |g|, then the comparison written over it as 0./1., then the count
-            g = grads[k].detach().reshape(-1)
-            size = g.numel()
-            below = torch.lt(torch.abs(g, out=scratch[:size]), thr, out=scratch[:size])
-            # a float32 count is exact while every partial sum is an integer below 2**24 (a boolean
-            # result and its count cost 3x as much here)
-            counts.append(below.sum(dtype=torch.float64 if size > 2**24 else None))
+        counts = [count_below(grads[k].detach(), thr, scratch) for k in self._weight_list]  # layer by layer
         return torch.stack(counts).double() / n
 
     def output_grad_ratio(self, flat: list[float], layers: list[int]) -> float:

@@ -57,8 +57,9 @@ def _init_worker(threads: int, gpus, parent: int) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    if "OMP_WAIT_POLICY" not in os.environ:  # as vgp.cli.main, for sweeps started from Python
-        os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+    from vgp.cli import bound_openmp_spinning
+
+    bound_openmp_spinning()  # as vgp.cli.main does, for sweeps started from Python
     import torch
 
     torch.set_num_threads(threads)
