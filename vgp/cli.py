@@ -386,6 +386,36 @@ def report(
     typer.echo(str(reportmod.write(paths, out, by=split(by), where=where or [])))
 
 
+@app.command()
+def gallery(
+    names: Optional[List[str]] = typer.Argument(None, help="entries to train (default: all); see --list",
+                                                show_default=False),
+    quick: bool = typer.Option(False, "--quick", help="the reduced sizes the tests run (a few minutes for all), "
+                                                      "into their own folder and page"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="worker processes (default: one per core)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="results folder (default: results/gallery, "
+                                                                 "with --quick results/gallery-quick)"),
+    doc: Optional[Path] = typer.Option(None, "--doc", help="the page to write (default: docs/gallery.md, with "
+                                                           "--quick OUT/gallery.md)"),
+    train: bool = typer.Option(True, "--train/--no-train", help="--no-train: only measure what the folders hold "
+                                                                "and write the page"),
+    list_: bool = typer.Option(False, "--list", help="list the entries and exit"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
+):
+    """Reproduce the classic vanishing/exploding-gradient results (configs/gallery/) and write the
+    gallery page with what was measured; finished runs are kept. Prints the page written last."""
+    from vgp import gallery as gal
+
+    if list_:
+        for e in gal.entries():
+            h = e.header()
+            typer.echo(f"{e.number:>2}  {e.name:<22} {e.title}\n    claim: {h['claim']}")
+        return
+    from vgp.gallery import run as run_gallery
+
+    typer.echo(str(run_gallery(names or [], quick=quick, jobs=jobs, out=out, doc=doc, train=train, quiet=quiet)))
+
+
 def bound_openmp_spinning() -> None:
     """Set GOMP_SPINCOUNT=30000 unless the user set it or OMP_WAIT_POLICY; call before torch loads."""
     # OpenMP threads waiting for work spin for libgomp's default 300,000 rounds before they sleep. Beside

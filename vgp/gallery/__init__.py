@@ -151,4 +151,39 @@ def _load() -> None:
 
 
 # the modules that register entries, by subject
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = ("transformer",)
+
+
+def run(names=(), quick: bool = False, jobs: int | None = None, out: Path | None = None, doc: Path | None = None,
+        train: bool = True, quiet: bool = False, say=None) -> Path:
+    """``vgp gallery``: train the named entries' missing runs (all for none; ``quick``: their reduced sizes),
+    measure every entry whose folder holds runs, and write the page (``doc``). Returns the page's path.
+
+    ``out`` defaults to ``results/gallery`` (``results/gallery-quick`` with ``quick``), ``doc`` to
+    ``docs/gallery.md`` (``<out>/gallery.md`` with ``quick``, so that a quick pass never overwrites the
+    published page). ``say``: where progress lines go (default: standard error). Raises UserError for
+    an unknown entry name."""
+    import sys
+    import time
+
+    from vgp.gallery import build, doc as docmod
+    from vgp.launch import local
+
+    say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+    chosen = {e.name for e in entries(names)}
+    out = Path(out) if out is not None else Path("results") / ("gallery-quick" if quick else "gallery")
+    doc = Path(doc) if doc is not None else (out / "gallery.md" if quick else Path("docs") / "gallery.md")
+    for e in ENTRIES.values():  # every header readable before anything trains
+        e.header()
+    outcomes = []
+    for i, e in enumerate(ENTRIES.values(), 1):
+        t0 = time.perf_counter()
+        trains = train and e.name in chosen
+        o = build.run_entry(e, out, quick=quick, jobs=jobs, train=trains, quiet=quiet)
+        if trains:
+            docmod.save_time(out, e.name, o.train_s, o.runs, jobs or local.cores())
+        verdict = "no runs yet" if o.finding is None else ("held" if o.finding.held else "not held")
+        say(f"[{i}/{len(ENTRIES)}] {e.name}: {o.finished}/{o.runs} runs, {verdict} "
+            f"({time.perf_counter() - t0:.0f} s)")
+        outcomes.append(o)
+    return docmod.write(outcomes, doc, out, quick)
