@@ -89,8 +89,8 @@ register(Entry(
     measure=measure,
     figures=(
         Figure("training", "training",
-               "Training loss per run: post-LN without warm-up (one colour) stays at the no-memory baseline; "
-               "with the warm-up it leaves it once the learning rate has grown.",
+               "Training loss, mean and min-max over the seeds: post-LN without warm-up (orange, left) stays at the "
+               "no-memory baseline; with the warm-up (right) it trains as pre-LN does.",
                {"hue": "model.norm_position", "col": "train.schedule.name"}),
         Figure("profile", "profile",
                "The residual stream's gradient at step 0: at the embedding (layer 1), after each block and at the "
