@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from vgp import sweep as sweepmod
 from vgp.gallery import build, entries
 
 NAMES = ("glorot-init", "he-init", "orthogonal-isometry")
@@ -46,8 +45,8 @@ def test_glorot_init(tmp_path):
     # in training (800 steps here, 1500 in the full sweep): the sigmoid net's top layer is driven from
     # 0.5 toward 0, its lower layers hardly move, and the tanh and softsign top layers stay at their
     # centre, unsaturated
-    assert n["top_shift_sigmoid_default"] < -0.25
-    assert n["lower_shift_sigmoid_default"] < 0.2
+    assert n["top_shift_sigmoid_default"] < -1 / 3
+    assert -n["top_shift_sigmoid_default"] > 3 * n["lower_shift_sigmoid_default"]
     for act in ("tanh", "softsign"):
         for init in ("default", "xavier_uniform"):
             assert abs(n[f"top_shift_{act}_{init}"]) < 0.1 and n[f"top_saturation_{act}_{init}"] < 0.2
