@@ -88,7 +88,7 @@ def measure_glorot(sweep) -> Finding:
     held_b = sig is not None and sig["top_shift"] < -1 / 3 and -sig["top_shift"] > 3 * sig["lower_shift"] \
         and bool(others) \
         and all(abs(r["top_shift"]) < 0.2 and r["top_saturation"] < 0.2 for r in others)
-    n["held_gradients"], n["held_saturation"] = held_a, held_b
+    n["held_gradients"], n["held_saturation"] = bool(held_a), bool(held_b)
 
     lines = ["| activation | init | seeds | top layer's mean at the end | its shift from the centre "
              "(-1: all at the bottom) | lower layers' largest shift | top layer saturated |",
@@ -127,7 +127,7 @@ def measure_glorot(sweep) -> Finding:
                    f"{step}) but has not reached saturation in the paper's sense: "
                    f"{sig['top_saturation']:.0%} of its entries have a slope below 5% of the largest: at this "
                    "learning rate and number of steps it moves more slowly than in the paper's Fig. 2")
-    return Finding(held_a and held_b, measured, table, n, "; ".join(why) + ("." if why else ""))
+    return Finding(bool(held_a and held_b), measured, table, n, "; ".join(why) + ("." if why else ""))
 
 
 # -- 2. He et al. 2015 -------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def measure_he(sweep) -> Finding:
         and learned("kaiming", deep)
     trains = len(depths) > 1 and has(shallow) and learned("xavier", shallow) and learned("kaiming", shallow)
     slower = trains and n[f"escape_step_xavier_{shallow}"] > n[f"escape_step_kaiming_{shallow}"]
-    n["held_stall"], n["held_trains"], n["held_slower"] = stall, trains, slower
+    n["held_stall"], n["held_trains"], n["held_slower"] = bool(stall), bool(trains), bool(slower)
 
     def when(x):
         return f"never in {steps}" if math.isinf(x) else f"{x:.0f}"
@@ -213,7 +213,7 @@ def measure_he(sweep) -> Finding:
         why.append(f"not every {shallow}-layer net got below loss {LEARNED} in {steps} steps")
     elif not slower:
         why.append(f"the {shallow}-layer Xavier net was not slower than He here")
-    return Finding(stall and trains, measured, table, n, "; ".join(why) + ("." if why else ""))
+    return Finding(bool(stall and trains), measured, table, n, "; ".join(why) + ("." if why else ""))
 
 
 # -- 5. orthogonal weights and dynamical isometry -----------------------------------------------
@@ -251,7 +251,7 @@ def measure_isometry(sweep) -> Finding:
     t_orth, t_gauss = get(f"spread_tanh_orthogonal_{deep}"), get(f"spread_tanh_gaussian_{deep}")
     held_tanh = math.log(t_gauss) > 2 * math.log(t_orth) and t_gauss > 1.1 \
         if t_orth > 0 and t_gauss > 0 else False
-    n["held_linear"], n["held_tanh"] = held_linear, held_tanh
+    n["held_linear"], n["held_tanh"] = bool(held_linear), bool(held_tanh)
     n["tanh_ratio_orthogonal_deep"], n["tanh_ratio_gaussian_deep"] = \
         get(f"ratio_tanh_orthogonal_{deep}"), get(f"ratio_tanh_gaussian_{deep}")
 
@@ -263,15 +263,23 @@ def measure_isometry(sweep) -> Finding:
                 f"{t_orth:.3g} orthogonal against {t_gauss:.3g} Gaussian; layer 1 / layer {deep} "
                 f"{get(f'ratio_tanh_orthogonal_{deep}'):.3g} ×/÷ {get(f'ratio_gsd_tanh_orthogonal_{deep}'):.3g} "
                 f"against {get(f'ratio_tanh_gaussian_{deep}'):.3g} ×/÷ {get(f'ratio_gsd_tanh_gaussian_{deep}'):.3g}.")
-    why = [f"only gradient norms are recorded, so Pennington et al.'s claim about the whole singular-value "
-           f"spectrum of the input-output Jacobian is not tested; in the tanh nets both inits lose a factor of "
-           f"about {1 / get(f'ratio_tanh_orthogonal_{deep}'):.2g} over the first layers, where the standardised "
-           f"inputs' variance 1 falls to q* = 0.046: the flat profile holds past that transient"]
+    why = ["only gradient norms are recorded, so Pennington et al.'s claim about the whole singular-value "
+           "spectrum of the input-output Jacobian is not tested"]
+    tanh = sweep.table[(sweep.table[ACT] == "tanh") & (sweep.table[INIT] == "orthogonal")]
+    if len(tanh):
+        from vgp import theory
+
+        q = theory.q_star("tanh", float(tanh["model.init.gain"].iloc[0]) ** 2,
+                          float(tanh["model.bias_init.std"].iloc[0]) ** 2)
+        why.append(f"in the tanh nets both inits lose a factor of about "
+                   f"{1 / get(f'ratio_tanh_orthogonal_{deep}'):.2g} over the first layers, where the standardised "
+                   f"inputs' variance 1 falls to the fixed point q* = {q:.2g}: the level profile holds past that "
+                   "transient")
     if not held_linear:
         why.append("the linear nets' profiles did not separate as claimed")
     if not held_tanh:
         why.append("the tanh nets' upper-half spread was not clearly smaller with orthogonal weights")
-    return Finding(held_linear and held_tanh, measured, "\n".join(lines) + "\n", n, "; ".join(why) + ".")
+    return Finding(bool(held_linear and held_tanh), measured, "\n".join(lines) + "\n", n, "; ".join(why) + ".")
 
 
 register(Entry(
