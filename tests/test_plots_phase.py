@@ -78,6 +78,7 @@ def test_another_x_key_draws_without_the_curve_and_says_why(grid):
     ({"where": ["init.scale=2"]}, "--x sigma_w^2 must take at least two numeric values across the runs; it takes 1"),
     ({"hue": "seed"}, "there is no --hue"),
     ({"y": "model.width"}, "a config key"),
+    ({"x": "depth"}, "the depth is the vertical axis"),
 ])
 def test_a_sweep_without_the_grid_is_a_clear_error(grid, options, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace("^", r"\^")):

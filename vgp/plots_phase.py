@@ -58,6 +58,9 @@ def figure(d: Data, o: dict, warn) -> plt.Figure:
         raise UserError("--kind phase: the colour is --y and the vertical axis the depth, so there is no "
                         "--hue; split the runs into panels with --col or --row")
     x = o.get("x") or plots_summary.SIGMA_W2
+    if x.lower() not in plots_summary.SIGMA_ALIASES and x in ("depth", DEPTH):
+        raise UserError("--kind phase: the depth is the vertical axis; --x names the horizontal one "
+                        "(default sigma_w^2)")
     if DEPTH not in d.s.table or d.s.table[DEPTH].nunique() < 2:
         found = ", ".join(map(studies.value_text, sorted(d.s.table[DEPTH].dropna().unique()))) \
             if DEPTH in d.s.table else "none (not an MLP sweep)"
@@ -93,6 +96,8 @@ def mean_field(table: pd.DataFrame) -> tuple[dict | None, float | None, str]:
         seen.add((json.dumps(act, sort_keys=True), setting.hidden[1]))
         if len(seen) > 1:
             return None, None, "the runs differ in activation or sigma_b^2"
+    if not seen:
+        return None, None, "no runs"
     (act, sb2), = seen
     return json.loads(act), sb2, ""
 
