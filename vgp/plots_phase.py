@@ -168,7 +168,8 @@ def draw(d: Data, p: facets.Plan, ycol: str, ylabel: str) -> plt.Figure:
     finite = np.array([c for c, _ in value.values() if math.isfinite(c) and (c > 0 or not log)])
     if not len(finite):
         raise UserError(f"--kind phase: no run has a finite {ycol}")
-    norm = LogNorm(finite.min(), finite.max()) if log and finite.max() > finite.min() else \
+    log_scale = log and finite.max() >= 10 * finite.min() > 0  # a narrower range reads better linear
+    norm = LogNorm(finite.min(), finite.max()) if log_scale else \
         Normalize(finite.min(), finite.max() if finite.max() > finite.min() else finite.min() + 1)
     lower_better = "loss" in ycol or ycol == plots_summary.STEPS_TO_LOSS  # bright: the better end, as for accuracy
     cmap = HEAT_R if lower_better else HEAT
@@ -240,7 +241,7 @@ def draw(d: Data, p: facets.Plan, ycol: str, ylabel: str) -> plt.Figure:
             ax.set_xlabel(plots_summary.xlabel(p, d.s), fontsize=8)
     cb_h = min(layout.height, 3.5) - (0.5 * len(labels) + 0.3 if curves else 0)
     cax = layout.fig.add_axes((layout.x_right, layout.y_top - cb_h / layout.H, 0.15 / layout.W, cb_h / layout.H))
-    layout.fig.colorbar(mesh, cax=cax, label=ylabel.split("  (")[0] + ("  (log)" if log else "") +
+    layout.fig.colorbar(mesh, cax=cax, label=ylabel.split("  (")[0] + ("  (log)" if log_scale else "") +
                         ("\n(reversed: low is bright)" if lower_better else ""))
     below = cb_h + 0.25
     extra = ([(Line2D([], [], color="black", ls="--", lw=1.1), labels[0])] if drew_curve else []) + \
