@@ -264,7 +264,8 @@ def theory(
 def plot(
     paths: List[Path] = typer.Argument(..., help="run folders, a sweep folder, a results folder or summary CSVs",
                                        show_default=False),
-    kind: str = typer.Option("all", "--kind", "-k", help="profile | heatmap | time | training | summary | phase | all"),
+    kind: str = typer.Option("all", "--kind", "-k",
+                             help="profile | heatmap | time | training | summary | phase | all"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="file (one kind; .png or .svg) or folder (all); "
                                                                "default PATH/plots/"),
     hue: Optional[str] = typer.Option(None, "--hue", help="one colour per value of this config key "
