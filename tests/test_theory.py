@@ -246,3 +246,69 @@ def test_cli_theory_from_config_and_errors(cli, tmp_path):
 def test_bad_activation_is_a_user_error():
     with pytest.raises(UserError, match="did you mean 'relu'"):
         theory.chi1("rleu", 2.0, 0.0)
+
+
+# -- the correlation map and xi_c (Schoenholz et al. 2017, eqs. 3, 9-10) ----------------------------
+
+def hermite_expect2(f, q, c, n=160):
+    """E[f(u1, u2)] by a product Gauss-Hermite rule (probabilists'), independent of vgp's Legendre rule."""
+    z, w = np.polynomial.hermite_e.hermegauss(n)
+    w = w / math.sqrt(2 * math.pi)
+    u1 = math.sqrt(q) * z[:, None]
+    u2 = math.sqrt(q) * (c * z[:, None] + math.sqrt(1 - c * c) * z[None, :])
+    return float(w @ f(u1, u2) @ w)
+
+
+@pytest.mark.parametrize("sw2", [2.0, 2.5, 4.0])
+def test_correlation_fixed_point_and_xi_c_in_the_chaotic_phase_match_an_independent_computation(sw2):
+    sb2, (phi, dphi) = 0.05, NP["tanh"]
+    q = quad_q_star("tanh", sw2, sb2)
+    cmap = lambda c: (sw2 * hermite_expect2(lambda a, b: phi(a) * phi(b), q, c) + sb2) / q  # noqa: E731
+    c_ref = optimize.brentq(lambda c: cmap(c) - c, -0.99, 1 - 1e-3, xtol=1e-14)
+    chi_c = sw2 * hermite_expect2(lambda a, b: dphi(a) * dphi(b), q, c_ref)
+    assert theory.c_star("tanh", sw2, sb2) == pytest.approx(c_ref, abs=1e-9)
+    assert theory.chi_c("tanh", sw2, sb2) == pytest.approx(chi_c, rel=1e-9)
+    assert theory.correlation_depth("tanh", sw2, sb2) == pytest.approx(-1 / math.log(chi_c), rel=1e-8)
+    assert theory.correlation_map("tanh", sw2, sb2, 1.0) == pytest.approx(1.0, abs=1e-12)  # c = 1 is always fixed
+    assert chi_c < 1 < theory.chi1("tanh", sw2, sb2)  # c* is stable although c = 1 is not
+
+
+def test_xi_c_is_the_gradient_depth_scale_in_the_ordered_phase_and_diverges_at_the_transition():
+    for sw2 in (0.8, 1.0, 1.5):
+        assert theory.c_star("tanh", sw2, 0.05) == 1.0
+        assert theory.correlation_depth("tanh", sw2, 0.05) == theory.depth_scale(theory.chi1("tanh", sw2, 0.05))
+    crit = theory.critical_weight_var("tanh", 0.05)
+    below, above = (theory.correlation_depth("tanh", crit * f, 0.05) for f in (0.995, 1.005))
+    assert below > 100 and above > 100  # ~6 xi_c: the paper's nets of hundreds of layers train only here
+    # away from it, it falls on both sides: Schoenholz et al.'s fig. 5 curve
+    xi = [theory.correlation_depth("tanh", w, 0.05) for w in (1.0, 1.5, 2.0, 3.0, 4.0)]
+    assert xi[0] < xi[1] and xi[2] > xi[3] > xi[4]
+    assert theory.c_star("tanh", crit * 1.005, 0.05) > 0.97  # c* leaves 1 continuously
+
+
+def test_correlation_of_two_inputs_in_a_wide_random_net_follows_the_map_to_c_star():
+    """Monte Carlo in float64: pairs of inputs with correlation 0.6 and 0 through 500-wide random
+    tanh nets; the mean correlation of their pre-activations follows the correlation map layer by
+    layer and settles at c* from above and from below."""
+    sw2, sb2, n, pairs, depth = 3.0, 0.05, 500, 16, 30
+    rng = np.random.default_rng(0)
+    q, c_star = theory.q_star("tanh", sw2, sb2), theory.c_star("tanh", sw2, sb2)
+    for c0 in (0.6, 0.0):
+        runs = []
+        for _ in range(2):  # nets
+            z = rng.standard_normal((2, pairs, n))
+            x = np.concatenate([z[0], c0 * z[0] + math.sqrt(1 - c0 ** 2) * z[1]])  # (2 pairs, n)
+            cs = []
+            for layer in range(depth):
+                w = rng.standard_normal((n, n)) * math.sqrt(sw2 / n)
+                x = (np.tanh(x) if layer else x) @ w.T + rng.standard_normal(n) * math.sqrt(sb2)
+                a, b = x[:pairs], x[pairs:]
+                cs.append(np.mean(np.sum(a * b, 1) / np.sqrt(np.sum(a * a, 1) * np.sum(b * b, 1))))
+            runs.append(cs)
+        measured = np.mean(runs, axis=0)
+        predicted = [measured[0]]
+        for _ in range(depth - 1):
+            predicted.append(theory.correlation_map("tanh", sw2, sb2, predicted[-1], q))
+        np.testing.assert_allclose(measured, predicted, atol=0.06)
+        assert abs(measured[-5:].mean() - c_star) < 0.06
+        assert (predicted[-1] - c_star) * (c0 - c_star) > 0  # approached from the side it started on

@@ -264,7 +264,8 @@ def theory(
 def plot(
     paths: List[Path] = typer.Argument(..., help="run folders, a sweep folder, a results folder or summary CSVs",
                                        show_default=False),
-    kind: str = typer.Option("all", "--kind", "-k", help="profile | heatmap | time | training | summary | all"),
+    kind: str = typer.Option("all", "--kind", "-k",
+                             help="profile | heatmap | time | training | summary | phase | all"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="file (one kind; .png or .svg) or folder (all); "
                                                                "default PATH/plots/"),
     hue: Optional[str] = typer.Option(None, "--hue", help="one colour per value of this config key "
@@ -276,16 +277,17 @@ def plot(
     where: Optional[List[str]] = typer.Option(None, "--where", help="KEY=VALUE: keep only these runs (repeatable)"),
     steps: Optional[str] = typer.Option(None, help="recorded steps to draw, e.g. 0,100,500 (default: a few for one "
                                                    "run, the first for several)"),
-    x: Optional[str] = typer.Option(None, help="summary: config key on the x axis (e.g. depth, lr, sigma_w^2; "
-                                                "default: the first numeric axis)"),
-    y: str = typer.Option("decay_per_layer", help="summary: a summary.csv column (final_loss, final_test_acc, "
+    x: Optional[str] = typer.Option(None, help="summary, phase: config key on the x axis (e.g. depth, lr, sigma_w^2; "
+                                                "default: the first numeric axis; phase: sigma_w^2)"),
+    y: str = typer.Option("decay_per_layer", help="summary, phase: a summary.csv column (final_loss, final_test_acc, "
                                                   "grad_ratio, ...) or steps_to_loss"),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", help="summary --y steps_to_loss: the "
                                                                             "training loss to reach"),
     by: Optional[str] = typer.Option(None, help="another name for --hue"),
     fmt: str = typer.Option("png", "--format", help="png | svg (for kind all)"),
 ):
-    """Draw gradient profiles, heatmaps, time profiles, training curves and sweep summaries, split by facet."""
+    """Draw gradient profiles, heatmaps, time profiles, training curves, sweep summaries and phase diagrams,
+    split by facet."""
     from vgp import plots
 
     try:

@@ -9,7 +9,10 @@ Kinds (``vgp plot PATH --kind K``; ``all``: every kind that applies, into ``PATH
 * ``time``: recurrent nets: ||dLoss/dh_t|| against t, one line per training step;
 * ``training``: the training loss (one run: also accuracy and the total gradient norm) against step;
 * ``summary``: one number per run (a summary.csv column, or ``steps_to_loss`` with a target loss)
-  against a config key (:mod:`vgp.plots_summary`).
+  against a config key (:mod:`vgp.plots_summary`);
+* ``phase``: that number over sigma_w^2 (or another key) x depth as a heatmap, the mean-field depth
+  limit 6 xi_c drawn over it (:mod:`vgp.plots_phase`); with ``all``, only for sweeps over the init
+  and the depth.
 
 One run: its steps are the lines (below). Several runs or a sweep: the runs are split by facet
 (:mod:`vgp.facets`): a colour per value of ``hue``, panels by ``col`` and ``row``, defaults from the
@@ -37,12 +40,12 @@ import pandas as pd  # noqa: E402
 
 from vgp import analysis, facets, rundata, study as studies  # noqa: E402
 from vgp import plots_group as group  # noqa: E402
-from vgp import plots_summary  # noqa: E402
+from vgp import plots_phase, plots_summary  # noqa: E402
 from vgp.errors import UserError  # noqa: E402
 from vgp.results import check_creatable  # noqa: E402
 from vgp.registry import did_you_mean  # noqa: E402
 
-KINDS = ("profile", "heatmap", "time", "training", "summary")
+KINDS = ("profile", "heatmap", "time", "training", "summary", "phase")
 METRICS = ["step", "loss", "acc", "grad_norm", "grad_norm_clipped", "lr", "test_loss", "test_acc"]  # what training draws
 
 
@@ -86,12 +89,12 @@ def figures(paths=(), kind: str = "all", steps=None, x=None, y="decay_per_layer"
             raise UserError("summary plots compare runs: give a sweep folder or several run folders")
         return one_run(analysis.read_run(folders[0]), kind, steps)
     files = None
-    if (kind != "summary" or y == plots_summary.STEPS_TO_LOSS) and folders:
+    if (kind not in ("summary", "phase") or y == plots_summary.STEPS_TO_LOSS) and folders:
         files = rundata.read(s.table, warn)
         note = _unfinished_note(files)
         if note:
             analysis.note(note)
-    elif kind not in ("summary", "all"):
+    elif kind not in ("summary", "phase", "all"):
         raise UserError(f"--kind {kind} draws the runs' own files, and {', '.join(map(str, s.paths))} holds none "
                         f"(summary CSVs only): give run or sweep folders, or draw --kind summary")
     d = group.Data(s, files, facets.fixed_text(s, list(where)))
@@ -130,7 +133,7 @@ def load(paths, warn=analysis.warn) -> studies.Study:
 
 def _kinds(s: studies.Study, files) -> list[str]:
     if files is None:
-        return ["summary"] if s.axes else []
+        return (["summary"] if s.axes else []) + (["phase"] if plots_phase.applies(s) else [])
     kinds = ["profile"]
     steps = files.grads.groupby("run")["step"].nunique() if len(files.grads) else pd.Series(dtype=int)
     if len(steps) and steps.max() > 1:
@@ -146,6 +149,8 @@ def _kinds(s: studies.Study, files) -> list[str]:
         kinds.append("time")
     if s.axes:
         kinds.append("summary")
+    if plots_phase.applies(s):
+        kinds.append("phase")
     return kinds
 
 
@@ -157,6 +162,8 @@ def _sub(s: studies.Study, index) -> studies.Study:
 def _group_figure(kind: str, d: group.Data, o: dict, warn) -> plt.Figure:
     f = d.files
     hue, col, row = o["hue"], o["col"], o["row"]
+    if kind == "phase":
+        return plots_phase.figure(d, o, warn)
     if kind == "summary":
         s2, xk, ycol, ylabel = plots_summary.prepare(d.s, o["x"], o["y"], o["target_loss"], f)
         p = facets.plan(s2, "summary", x=xk, hue=hue, col=col, row=row)

@@ -48,13 +48,9 @@ def steps_to_loss(metrics: pd.DataFrame, target: float) -> pd.Series:
     return reached.groupby("run")["step"].min().astype(float)
 
 
-def sigma_w2(table: pd.DataFrame) -> pd.Series:
-    """Per run, the hidden layers' sigma_w^2 from its config (NaN where the theory does not apply)."""
-    from vgp import theory
-
+def configs(table: pd.DataFrame):
+    """Per row of ``table``, its config as a nested dict, from the dotted config columns (blanks left out)."""
     config_cols = [c for c in table.columns if studies.is_config(c) and "." in c]
-    cache: dict = {}
-    out = []
     for row in table[config_cols].itertuples(index=False):
         cfg: dict = {}
         for c, v in zip(config_cols, row):
@@ -65,6 +61,16 @@ def sigma_w2(table: pd.DataFrame) -> pd.Series:
             for part in parents:
                 node = node.setdefault(part, {})
             node[last] = v.item() if isinstance(v, np.generic) else v
+        yield cfg
+
+
+def sigma_w2(table: pd.DataFrame) -> pd.Series:
+    """Per run, the hidden layers' sigma_w^2 from its config (NaN where the theory does not apply)."""
+    from vgp import theory
+
+    cache: dict = {}
+    out = []
+    for cfg in configs(table):
         key = repr(sorted((k, repr(v)) for k, v in cfg.get("model", {}).items()))
         if key not in cache:
             try:
