@@ -7,6 +7,7 @@ case, and the fixed point found by scipy.optimize.brentq.
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -312,3 +313,19 @@ def test_correlation_of_two_inputs_in_a_wide_random_net_follows_the_map_to_c_sta
         np.testing.assert_allclose(measured, predicted, atol=0.06)
         assert abs(measured[-5:].mean() - c_star) < 0.06
         assert (predicted[-1] - c_star) * (c0 - c_star) > 0  # approached from the side it started on
+
+
+def test_vgp_theory_prints_the_correlation_depth(cli):
+    """`vgp theory` gives xi_c beside the gradient's depth scale: equal in the ordered phase, apart in the
+    chaotic one (tanh, sigma_w^2 = 4: xi_c = 6.98, 1/|ln chi_1| smaller), absent where q* diverges."""
+    import json
+
+    for sw2 in (1.5, 4.0):
+        r = cli("theory", "--activation", "tanh", "--weight-var", sw2, "--bias-var", 0.05, "--json")
+        out = json.loads(r.stdout)
+        assert out["correlation_depth"] == pytest.approx(theory.correlation_depth("tanh", sw2, 0.05), rel=1e-12)
+    assert out["correlation_depth"] == pytest.approx(6.98, abs=0.01) and out["depth_scale"] < 6.0
+    r = cli("theory", "--activation", "tanh", "--weight-var", 4.0, "--bias-var", 0.05)
+    assert re.search(r"correlation depth\s+6\.98\s+layers \(xi_c", r.stdout)
+    r = cli("theory", "--activation", "relu", "--weight-var", 4.0, "--bias-var", 0.0, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["correlation_depth"] is None

@@ -378,7 +378,8 @@ def predict(activation, weight_var: float, bias_var: float, depth: int | None = 
     q = q_star(act, weight_var, bias_var)
     c = chi1(act, weight_var, bias_var, q)
     out = {"activation": act.name, "weight_var": weight_var, "bias_var": bias_var, "q_star": q, "chi1": c,
-           "ratio_per_layer": math.sqrt(c), "depth_scale": depth_scale(c), "phase": phase(c)}
+           "ratio_per_layer": math.sqrt(c), "depth_scale": depth_scale(c), "phase": phase(c),
+           "correlation_depth": correlation_depth(act, weight_var, bias_var) if math.isfinite(q) else None}
     if depth is not None:
         p = profile(act, setting.weight_vars, setting.bias_vars) if setting and setting.depth == depth else \
             profile(act, weight_var, bias_var, depth)
@@ -512,6 +513,9 @@ def describe(p: dict) -> str:
         f"  depth scale           {p['depth_scale']:.4g}   layers (1/|ln chi_1|)",
         f"  phase                 {p['phase']}",
     ]
+    if p.get("correlation_depth") is not None:
+        lines.insert(-1, f"  correlation depth     {p['correlation_depth']:.4g}   layers (xi_c; Schoenholz et al. "
+                         "2017: trainable to about 6 xi_c)")
     lines += [f"  note: {n}" for n in p.get("notes", [])]
     if "profile" in p:
         lines.append("  layer        q_l   ratio l/l+1   ||dz_l||/||dz_out||")
