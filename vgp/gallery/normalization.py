@@ -219,7 +219,7 @@ def measure_batchnorm_explosion(sweep) -> Finding:
 
 register(Entry(
     7, "batchnorm-explosion", "Yang et al. 2019: batch norm makes gradients explode toward the input",
-    quick=("seed=0,1", "model.width=64", "train.batch_size=4,16,256"),
+    quick=("seed=0,1", "model.width=64", "train.batch_size=4,16,1024"),
     measure=measure_batchnorm_explosion,
     figures=(
         Figure("rate", "summary", "Gradient growth per layer toward the input at init against the batch size, "
