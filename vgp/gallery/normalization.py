@@ -45,6 +45,13 @@ def compare_table(sweep, by: list[str], metrics: list[str], extra: dict | None =
     return comparemod.compare([sweep.folder], by=by, metrics=metrics, loaded=s, warn=lambda m: None)
 
 
+def classes_of(sweep) -> int:
+    """The number of classes of the sweep's data set (its first run's resolved ``data``)."""
+    from vgp import data
+
+    return data.shapes(sweep.runs[sweep.table["name"].iloc[0]].config["data"]).num_outputs
+
+
 def _seeds(frame: pd.DataFrame) -> str:
     seeds = sorted(pd.to_numeric(frame["seed"], errors="coerce").dropna().astype(int).unique())
     return f"seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}"
@@ -58,8 +65,7 @@ def _truthy(values: pd.Series) -> pd.Series:
 
 def measure_batchnorm_sigmoid(sweep) -> Finding:
     t = sweep.table.assign(train_loss=train_loss(sweep).values)
-    classes = int(pd.to_numeric(t["data.classes"], errors="coerce").dropna().iloc[0]) \
-        if "data.classes" in t and pd.to_numeric(t["data.classes"], errors="coerce").notna().any() else 10
+    classes = classes_of(sweep)
     chance_loss, chance_acc = math.log(classes), 1 / classes
     numbers = {"chance_loss": chance_loss, "chance_acc": chance_acc}
     for norm in ("none", "batchnorm"):
@@ -147,6 +153,17 @@ def measure_plain_vs_residual(sweep) -> Finding:
         why = f"at this scale the plain {deep}-layer net did not end clearly above the {shallow}-layer one"
     elif not residual_ok:
         why = f"the residual {deep}-layer net ended above the {shallow}-layer one by more than 0.05"
+    elif n["residual_deep"] > n["residual_shallow"]:
+        from vgp import data
+
+        run = sweep.runs[t["name"].iloc[0]].config
+        size, dataset = data.shapes(run["data"]), run["data"]["name"]
+        steps = int(pd.to_numeric(t["train.steps"]).max())
+        why = (f"In part: the residual {deep}-layer net ends a little above the {shallow}-layer one "
+               f"({n['residual_deep']:.4f} against {n['residual_shallow']:.4f}), both below "
+               f"{max(n['residual_deep'], n['residual_shallow']) / n['plain_deep']:.1%} of the plain {deep}-layer "
+               f"net's loss: {steps} steps on {size.n_train:,} training examples ({dataset}) bring both residual nets to "
+               f"nearly zero training loss, where the paper's deeper ResNet ends lower than the shallower one after 64k steps on CIFAR-10.")
     return Finding(degrades and residual_ok, measured, comparemod.markdown(table), numbers, why)
 
 
@@ -202,7 +219,8 @@ def measure_batchnorm_explosion(sweep) -> Finding:
     per_batch = ", ".join(f"{b}: {rates.loc[b].mean():.3f}" for b in batches)
     measured = (
         f"At init, the gradient of a {depth}-layer {act} MLP with batch norm grows toward the input in every run "
-        f"(smallest rate {n['rate_min']:.3f} per layer, {_seeds(t)}, widths {', '.join(map(str, widths))}). The "
+        f"(smallest rate {n['rate_min']:.3f} per layer, {_seeds(t)}, width{'s' * (len(widths) != 1)} "
+        f"{', '.join(map(str, widths))}). The "
         f"rate falls as the batch grows (batch size: rate, mean over widths: {per_batch}), toward "
         f"{n['rate_largest_batch']:.3f} at batch {batches[-1]}, against sqrt(pi/(pi-1)) = {RELU_LARGE_BATCH:.3f} "
         f"from the large-batch estimate for ReLU."
