@@ -2,11 +2,13 @@
 asserted on the measured numbers, and its figures drawn."""
 
 import math
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from vgp import sweep as sweepmod
-from vgp.gallery import build, entries
+from vgp.gallery import build, entries, normalization
 
 NAMES = ["batchnorm-sigmoid", "plain-vs-residual", "batchnorm-explosion"]
 
@@ -20,7 +22,7 @@ def run_quick(name, tmp_path):
     for path, caption in figures:
         assert path.is_file() and path.stat().st_size > 10_000, path
         assert caption
-    return outcome.finding
+    return outcome
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -39,8 +41,8 @@ def test_sweep_file_validates_and_has_its_header(name):
 
 @pytest.mark.slow
 def test_batchnorm_sigmoid_quick(tmp_path):
-    f = run_quick("batchnorm-sigmoid", tmp_path)
-    n = f.numbers
+    outcome = run_quick("batchnorm-sigmoid", tmp_path)
+    f, n = outcome.finding, outcome.finding.numbers
     chance = math.log(10)
     assert n["none_runs"] >= 2 and n["batchnorm_runs"] >= 2
     # without batch norm: at chance in every seed; the first layer's gradient vanished at init
@@ -50,11 +52,17 @@ def test_batchnorm_sigmoid_quick(tmp_path):
     assert n["batchnorm_train_loss_max"] < 0.6 * chance and n["batchnorm_test_acc_min"] > 0.3
     assert 1e-2 < n["batchnorm_grad_ratio"] < 1e2
     assert f.held and "ln 10" in f.measured and "| none" in f.table
+    # the training loss judged: the recorded batch losses of the last 10% of steps, read by hand
+    table = outcome.sweep.table
+    for name, folder, value in zip(table["name"], table["folder"], normalization.train_loss(outcome.sweep)):
+        m = pd.read_csv(Path(folder) / "metrics.csv").dropna(subset=["loss"])
+        assert value == pytest.approx(m.loc[m.step >= 0.9 * m.step.max(), "loss"].mean(), rel=1e-12), name
+        assert len(m[m.step >= 0.9 * m.step.max()]) >= 2
 
 
 @pytest.mark.slow
 def test_plain_vs_residual_quick(tmp_path):
-    f = run_quick("plain-vs-residual", tmp_path)
+    f = run_quick("plain-vs-residual", tmp_path).finding
     n = f.numbers
     assert (n["shallow"], n["deep"]) == (20, 56)
     # degradation: the deeper plain net ends clearly above the shallower one, in every seed
@@ -68,7 +76,7 @@ def test_plain_vs_residual_quick(tmp_path):
 
 @pytest.mark.slow
 def test_batchnorm_explosion_quick(tmp_path):
-    f = run_quick("batchnorm-explosion", tmp_path)
+    f = run_quick("batchnorm-explosion", tmp_path).finding
     n = f.numbers
     assert n["batches"] == [4, 16, 1024] and n["widths"] == [64]
     # exploding in every run, and more so for small batches
