@@ -151,4 +151,4 @@ def _load() -> None:
 
 
 # the modules that register entries, by subject
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = ("recurrent",)
