@@ -47,6 +47,9 @@ def test_rnn_clipping_quick(tmp_path):
     # growth below the gain itself)
     assert 0.8 * lo < n[f"decay_per_step_{lo:g}"] < 1 and n[f"reach_{lo:g}"] < 1e-2
     assert 1.05 < n[f"decay_per_step_{hi:g}"] <= hi and n[f"reach_{hi:g}"] > 1e2
+    # ... except in the first step back, where h is near 0 and tanh nearly linear: there it is the gain
+    for g in (lo, hi):
+        assert abs(n[f"first_step_{g:g}"] / g - 1) < 0.15
     # plain SGD: every run with gain > 1 blows up (with a gradient norm far above its first), none below 1
     assert n[f"diverged_none_{hi:g}"] == n[f"runs_none_{hi:g}"] >= 2
     assert n[f"max_grad_norm_none_{hi:g}"] > 1e3 * n[f"max_grad_norm_none_{lo:g}"]

@@ -20,16 +20,18 @@ from vgp import study as studies
 from vgp.gallery import Entry, Figure, Finding, register
 
 
-def reach(sweep, step: int | None = 0) -> pd.Series:
+def reach(sweep, step: int | None = 0, last: bool = True) -> pd.Series:
     """Per run (indexed like ``sweep.table``): ||dLoss/dh_1|| / ||dLoss/dh_T|| at ``step`` (None: the
-    run's last recorded step) in the first recurrent layer; 0 where dLoss/dh_1 underflowed, NaN where
-    a norm is not finite or the run recorded no such step."""
+    run's last recorded step) in the first recurrent layer, or with ``last=False`` ||dLoss/dh_1|| /
+    ||dLoss/dh_2||, the first step's factor; 0 where dLoss/dh_1 underflowed, NaN where a norm is not
+    finite or the run recorded no such step."""
     t = sweep.time()
     t = t[t["layer"] == t["layer"].min()]
     by_run = {}
     for run, g in t.groupby("run"):
         g = g[g["step"] == (g["step"].max() if step is None else step)]
         v = g.sort_values("t")["value"].to_numpy(dtype=float)
+        v = v if last else v[:2]
         by_run[run] = v[0] / v[-1] if len(v) > 1 and v[-1] > 0 and np.isfinite(v).all() else math.nan
     return sweep.table["name"].map(by_run).astype(float)
 
@@ -59,10 +61,14 @@ def _seeds(frame: pd.DataFrame) -> str:
     return f"seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}"
 
 
-def _small(x: float) -> str:
-    """A ratio of gradient norms: '0 (underflowed)' where a norm fell below float32's range (a geometric
-    mean over seeds is 0 when one seed's is)."""
-    return "0 (underflowed in float32 in a seed)" if x == 0 else f"{x:.2g}"
+def _small(numbers: dict, key: str) -> str:
+    """A geometric mean of gradient-norm ratios, ``numbers[key]``; where it is 0 (a seed's norm fell below
+    float32's range), the largest seed's value instead, ``numbers[<key with _max>]``."""
+    x = numbers[key]
+    if x == 0:
+        top = numbers[key.replace("reach_", "reach_max_", 1)]
+        return f"0 in a seed (float32 underflow; {top:.2g} at most)" if top > 0 else "0 (float32 underflow)"
+    return f"{x:.2g}"
 
 
 def _num(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -76,6 +82,7 @@ def measure_rnn_clipping(sweep) -> Finding:
     t["gain"] = _num(t, "model.recurrent_init.gain")
     t["clip"] = t["train.clip.mode"].astype(str)
     t["reach_ratio"] = reach(sweep).values
+    t["first_step_ratio"] = reach(sweep, last=False).values
     m = sweep.metrics()
     finite = m[np.isfinite(m["grad_norm"])]
     t["max_grad_norm"] = t["name"].map(finite.groupby("run")["grad_norm"].max()).astype(float)
@@ -95,9 +102,13 @@ def measure_rnn_clipping(sweep) -> Finding:
     # clipped or not, the init and step 0 are the same)
     decay = {g: studies.gmean_gsd(t.loc[t["gain"] == g, "decay_per_step"])[0] for g in gains}
     reaches = {g: studies.gmean_gsd(t.loc[t["gain"] == g, "reach_ratio"])[0] for g in gains}
+    # the first step back from t = 2 to t = 1, where h_t is still small and tanh nearly linear: there
+    # the factor is about the gain itself, as in Pascanu et al.'s linear analysis
+    early = {g: studies.gmean_gsd(t.loc[t["gain"] == g, "first_step_ratio"])[0] for g in gains}
     for g in gains:
         numbers[f"decay_per_step_{g:g}"] = decay[g]
         numbers[f"reach_{g:g}"] = reaches[g]
+        numbers[f"first_step_{g:g}"] = early[g]
     # training: per gain and clipping mode, how many runs diverged, and how the others ended
     for (g, clip), rows in t.groupby(["gain", "clip"]):
         done = rows[~rows["diverged"]]
@@ -138,8 +149,12 @@ def measure_rnn_clipping(sweep) -> Finding:
     measured = (
         f"At init (geometric mean over {_seeds(t)}), ||dLoss/dh_t|| changes per step back through time by "
         f"{per_gain} (dLoss/dh_1 over dLoss/dh_T: {reaches[lo]:.2g} at gain {lo:g}, {reaches[hi]:.2g} at "
-        f"{hi:g}). Plain SGD (lr {lr:g}, {steps} steps) diverged in {div_above} of {runs_above} runs with "
-        f"gain > 1"
+        f"{hi:g}); from t = 2 to t = 1, where the state is still small and tanh nearly linear, by "
+        + ", ".join(f"x{early[g]:.2f}" for g in gains)
+        + (", within 10% of the gains" if all(abs(early[g] / g - 1) < 0.1 for g in gains) else
+           f" against gains {', '.join(f'{g:g}' for g in gains)}")
+        + f". Plain SGD (lr {lr:g}, {steps} steps) diverged in {div_above} of {runs_above} "
+        f"runs with gain > 1"
         + (f" (median step {np.median(div_steps):.0f})" if div_steps else "")
         + f" and in {div_below} of {runs_below} with gain < 1; clipping the norm at {max_norm:g}, "
         f"{int(clipped_rows['diverged'].sum())} of {len(clipped_rows)} diverged, the largest batch loss was "
@@ -147,8 +162,8 @@ def measure_rnn_clipping(sweep) -> Finding:
         f"{n[f'final_test_loss_norm_{hi:g}']:.3f} (baseline {baseline:.3f}) after gradient norms up to "
         f"{n[f'max_grad_norm_norm_{hi:g}']:.3g}.")
     table = compare_table(sweep, t, ["model.recurrent_init.gain", "train.clip.mode"],
-                          ["decay_per_step", "reach_ratio", "step0_grad_norm", "max_grad_norm", "spike_ratio",
-                           "final_test_loss"])
+                          ["decay_per_step", "first_step_ratio", "reach_ratio", "step0_grad_norm", "max_grad_norm",
+                           "spike_ratio", "final_test_loss"])
     why = ""
     if not growth:
         why = ("the gradient did not shrink back through time below gain 1 and grow above it, increasing with "
@@ -160,9 +175,10 @@ def measure_rnn_clipping(sweep) -> Finding:
         why = "a clipped run diverged, had a batch loss above twice its first, or ended above where it began"
     if growth and any(decay[g] < 0.9 * g for g in above):
         why = (why + "; " if why else "") + (
-            "the growth per step stays below the gain itself: tanh saturates where the gain pushes the "
-            "state, and its slope < 1 there scales each step's Jacobian down (Pascanu et al.: a spectral "
-            "radius > 1 is necessary for the explosion, not sufficient)")
+            "the typical growth per step stays below the gain itself (only the first step, near h = 0, "
+            "grows by about the gain): tanh saturates where the gain pushes the state, and its slope < 1 "
+            "there scales each step's Jacobian down (Pascanu et al.: a spectral radius > 1 is necessary "
+            "for the explosion, not sufficient)")
     return Finding(growth and unclipped and clipped, measured, table, numbers, why)
 
 
@@ -217,7 +233,9 @@ def measure_adding_problem(sweep) -> Finding:
         numbers[f"mse_max_{key}"] = float(rows["mse"].max())
         numbers[f"mse_min_{key}"] = float(rows["mse"].min())
         numbers[f"reach_{key}"] = studies.gmean_gsd(rows["reach_ratio"])[0]
+        numbers[f"reach_max_{key}"] = float(rows["reach_ratio"].max())
         numbers[f"trained_reach_{key}"] = studies.gmean_gsd(rows["trained_reach_ratio"])[0]
+        numbers[f"trained_reach_max_{key}"] = float(rows["trained_reach_ratio"].max())
         numbers[f"decay_per_step_{key}"] = studies.gmean_gsd(rows["decay_per_step"])[0]
         numbers[f"steps_{key}"] = int(_num(rows, "train.steps").max())
         numbers[f"runs_{key}"] = len(rows)
@@ -252,9 +270,9 @@ def measure_adding_problem(sweep) -> Finding:
     measured = (
         f"Test MSE over {_seeds(t)} (baseline {baseline:.3f}): " + "; ".join(parts) + ". "
         f"At init, dLoss/dh_1 over dLoss/dh_T at T = {Tmax}: "
-        + ", ".join(f"{v} {_small(n[f'reach_{k(v, Tmax)}'])}" for v in order if f"reach_{k(v, Tmax)}" in n)
+        + ", ".join(f"{v} {_small(n, f'reach_{k(v, Tmax)}')}" for v in order if f"reach_{k(v, Tmax)}" in n)
         + "; at the last step: "
-        + ", ".join(f"{v} {_small(n[f'trained_reach_{k(v, Tmax)}'])}" for v in order if f"reach_{k(v, Tmax)}" in n)
+        + ", ".join(f"{v} {_small(n, f'trained_reach_{k(v, Tmax)}')}" for v in order if f"reach_{k(v, Tmax)}" in n)
         + ".")
     table = compare_table(sweep, t, ["data.seq_len", "model.arch", "model.activation"],
                           ["final_test_loss", "decay_per_step", "reach_ratio", "trained_reach_ratio", "steps_done"])
