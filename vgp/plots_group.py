@@ -464,9 +464,20 @@ def time_steps(d: Data, p: facets.Plan, frame: pd.DataFrame, steps=None, n: int 
 
 # -- training curves ---------------------------------------------------------------------------------
 
+def task_baseline(table: pd.DataFrame) -> float | None:
+    """The loss of the task's trivial answer (summary.csv's ``task_baseline``: the adding problem's 1/6)
+    where every run that has one has the same, else None."""
+    if "task_baseline" not in table:
+        return None
+    values = pd.to_numeric(table["task_baseline"], errors="coerce")
+    values = values[np.isfinite(values)].unique()
+    return float(values[0]) if len(values) == 1 and values[0] > 0 else None
+
+
 def training(d: Data, p: facets.Plan) -> plt.Figure:
     """Training loss against step, one panel per (col, row), one colour per hue value: the mean over
-    a group's runs and its min-max band; log y where the losses span more than a decade."""
+    a group's runs and its min-max band; log y where the losses span more than a decade; the task's
+    baseline loss dashed where the runs share one (:func:`task_baseline`)."""
     m = d.files.metrics
     m = m[["run", "step", "loss"]].dropna(subset=["loss"]) if len(m) and "loss" in m else \
         pd.DataFrame(columns=["run", "step", "loss"])
@@ -475,8 +486,10 @@ def training(d: Data, p: facets.Plan) -> plt.Figure:
     counts, per_line = _hue_counts(p, frame)
     bad = int(agg["bad"].sum())
     nrows, ncols = shape(p)
+    baseline = task_baseline(d.s.table)
     layout = Layout(nrows, ncols, title("training loss by step", d, p, per_line, "mean",
-                                        [f"not drawn: {bad} NaN/inf losses (diverged)" if bad else "",
+                                        [f"dashed: the task's baseline loss, {baseline:.3g}" if baseline else "",
+                                         f"not drawn: {bad} NaN/inf losses (diverged)" if bad else "",
                                          unfinished_note(d, frame["run"])]),
                     right_margin(p, counts), sharex=True, sharey=True,
                     panel_title_lines=len([f for f in (p.col, p.row) if f]))
@@ -492,6 +505,8 @@ def training(d: Data, p: facets.Plan) -> plt.Figure:
     ys = ys[np.isfinite(ys) & (ys > 0)]
     log = len(ys) and ys.max() / ys.min() > 10 and (agg["lo"].dropna() > 0).all()
     for ax in panel.values():
+        if baseline:
+            ax.axhline(baseline, color="0.45", ls="--", lw=1, zorder=0)
         if log:
             log_y(ax)
         integer_ticks(ax.xaxis)

@@ -151,7 +151,7 @@ def _load() -> None:
 
 
 # the modules that register entries, by subject
-MODULES: tuple[str, ...] = ("feedforward", "normalization", "phase", "transformer")
+MODULES: tuple[str, ...] = ("feedforward", "normalization", "phase", "recurrent", "transformer")
 
 
 def run(names=(), quick: bool = False, jobs: int | None = None, out: Path | None = None, doc: Path | None = None,
