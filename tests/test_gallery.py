@@ -90,7 +90,7 @@ def test_gallery_trains_measures_draws_and_writes_the_page(tmp_path, monkeypatch
     assert re.fullmatch(r"\[1/1\] tiny-entry: 4/4 runs, held \(\d+ s\)", lines[0])
     page = doc.read_text()
     assert "**Claim.** A deeper sigmoid net's gradients shrink more toward the input." in page
-    assert "**Paper.** Tester & Checker 2020" in page and "**Held.**" in page
+    assert "**Paper.** Tester & Checker 2020" in page and "**Held**." in page
     assert "| 1 | [Tester & Checker 2020: tiny nets](#entry-1) | **held** | 4/4 |" in page
     assert "![Gradient by layer at step 0.](gallery/tiny-entry-profile.png)" in page
     assert (tmp_path / "docs" / "gallery" / "tiny-entry-profile.png").stat().st_size > 10_000
@@ -143,3 +143,12 @@ def test_xiong_post_ln_needs_warmup_pre_ln_does_not(tmp_path):
     assert o.finding.held
     files = build.draw(o, tmp_path / "fig")
     assert len(files) == 2 and all(p.stat().st_size > 10_000 for p, _ in files)
+
+
+def test_a_held_claim_with_a_caveat_says_so():
+    from vgp.gallery import doc
+
+    assert doc._verdict(gallery.Finding(True, "", "")) == "**Held**"
+    assert doc._verdict(gallery.Finding(True, "", "", why="only in part")) == "**Held**, with a caveat"
+    assert doc._verdict(gallery.Finding(False, "", "", why="too few steps")) == "**Not held**"
+    assert doc._sentence("only in part: x") == "Only in part: x."

@@ -75,8 +75,10 @@ def write(outcomes: list[build.Outcome], doc: Path, out: Path, quick: bool) -> P
         f"`{out}/` (one sweep per entry); nothing is written by hand, and `vgp gallery` writes this page again "
         f"from them{' (this page: the reduced `--quick` sizes)' if quick else ''}.",
         "",
-        f"- **Held:** {len(held)} of {len(measured)} claims measured"
-        + (f" ({len(outcomes) - len(measured)} not run yet)" if len(measured) < len(outcomes) else "") + ".",
+        f"- **Claims held:** {len(held)} of the {len(measured)} measured"
+        + (f" ({len(outcomes) - len(measured)} not run yet)" if len(measured) < len(outcomes) else "")
+        + (f"; {sum(bool(o.finding.why) for o in held)} of them with a caveat, given in its section"
+           if any(o.finding.why for o in held) else "") + ".",
         f"- **Machine:** {_machine()}.",
         f"- **Time:** {_minutes(total)} of training wall time for these entries, as `vgp gallery` measured it "
         f"(every core busy; finished runs are kept, so a second call only draws and writes).",
@@ -88,7 +90,7 @@ def write(outcomes: list[build.Outcome], doc: Path, out: Path, quick: bool) -> P
         "|--:|---|---|--:|--:|",
     ]
     for o in outcomes:
-        verdict = "not run yet" if o.finding is None else ("**held**" if o.finding.held else "**not held**")
+        verdict = "not run yet" if o.finding is None else _verdict(o.finding).lower()
         t = times.get(o.entry.name, {}).get("wall_s")
         lines.append(f"| {o.entry.number} | [{o.entry.title}](#{_anchor(o.entry)}) | {verdict} | "
                      f"{o.finished}/{o.runs} | {_minutes(t) if t is not None else '-'} |")
@@ -96,6 +98,21 @@ def write(outcomes: list[build.Outcome], doc: Path, out: Path, quick: bool) -> P
         lines += ["", *_section(o, doc, figdir, quick)]
     atomic_write(doc, "\n".join(lines) + "\n")
     return doc
+
+
+def _verdict(f) -> str:
+    """**Held**, **Held**, with a caveat (a held claim whose finding says what did not fully hold), or
+    **Not held**."""
+    if not f.held:
+        return "**Not held**"
+    return "**Held**, with a caveat" if f.why else "**Held**"
+
+
+def _sentence(text: str) -> str:
+    """``text`` with a capital first letter and a full stop at the end."""
+    text = text.strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?", ")")) else text + "."
 
 
 def _anchor(entry) -> str:
@@ -107,12 +124,12 @@ def _section(o: build.Outcome, doc: Path, figdir: Path, quick: bool) -> list[str
     config = Path("configs") / "gallery" / e.config.name
     cmd = f"vgp gallery {e.name}" + (" --quick" if quick else "")
     out = [f'<a id="{_anchor(e)}"></a>', f"## {e.number}. {e.title}", "",
-           f"**Paper.** {h['paper']}", "", f"**Claim.** {h['claim'][:1].upper() + h['claim'][1:]}", ""]
+           f"**Paper.** {h['paper']}", "", f"**Claim.** {_sentence(h['claim'])}", ""]
     if o.finding is None:
         return out + [f"**Not run yet.** `{cmd}` runs it ({o.runs} runs).", ""]
     f = o.finding
     out += [f"**Measured** ({o.finished} runs). {f.measured}", "",
-            f"**{'Held' if f.held else 'Not held'}.**" + (f" {f.why}" if f.why else ""), "", f.table, ""]
+            f"{_verdict(f)}." + (f" {_sentence(f.why)}" if f.why else ""), "", f.table, ""]
     for path, caption in build.draw(o, figdir):
         out += [f"![{caption}]({_rel(path, doc.parent)})", "", f"*{caption}*", ""]
     if h["notes"]:
