@@ -51,3 +51,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def gallery_quick(name: str, tmp_path: Path):
+    """Train gallery entry ``name`` at its --quick size into tmp_path (2 workers), check that every run
+    finished and that each figure draws (a PNG over 10 kB with a caption); returns the Outcome."""
+    from vgp.gallery import build, entries
+
+    entry = entries([name])[0]
+    outcome = build.run_entry(entry, tmp_path / "runs", quick=True, jobs=2)
+    assert outcome.finished == outcome.runs > 0 and outcome.finding is not None
+    figures = build.draw(outcome, tmp_path / "figures")
+    assert len(figures) == len(entry.figures)
+    for path, caption in figures:
+        assert path.is_file() and path.stat().st_size > 10_000 and caption, path
+    return outcome

@@ -7,30 +7,11 @@ import math
 
 import pytest
 
-from vgp.gallery import build, entries
-
-NAMES = ("glorot-init", "he-init", "orthogonal-isometry")
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_sweep_file_validates(name):
-    (entry,) = entries([name])
-    header = entry.header()
-    assert header["paper"] and header["claim"] and f"vgp gallery {name}" in header["run"]
-    for quick in (False, True):
-        sw = build.expansion(entry, quick=quick)
-        assert sw.name == name and len(sw.cells) > 0
+from conftest import gallery_quick
 
 
 def _run(name, tmp_path):
-    (entry,) = entries([name])
-    o = build.run_entry(entry, tmp_path, quick=True, jobs=2)
-    assert o.finished == o.runs and o.finding is not None
-    drawn = build.draw(o, tmp_path / "figures")
-    assert len(drawn) == len(entry.figures)
-    for path, caption in drawn:
-        assert path.exists() and path.stat().st_size > 10_000 and caption
-    return o.finding.numbers
+    return gallery_quick(name, tmp_path).finding.numbers
 
 
 @pytest.mark.slow

@@ -5,36 +5,11 @@ import math
 
 import pytest
 
-from vgp import sweep as sweepmod
-from vgp.gallery import build, entries
-
-NAMES = ["rnn-clipping", "adding-problem"]
+from conftest import gallery_quick
 
 
 def run_quick(name, tmp_path):
-    entry = entries([name])[0]
-    outcome = build.run_entry(entry, tmp_path / "runs", quick=True, jobs=2)
-    assert outcome.finished == outcome.runs > 0
-    figures = build.draw(outcome, tmp_path / "figures")
-    assert len(figures) == len(entry.figures)
-    for path, caption in figures:
-        assert path.is_file() and path.stat().st_size > 10_000, path
-        assert caption
-    return outcome.finding
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_sweep_file_validates_and_has_its_header(name):
-    entry = entries([name])[0]
-    assert entry.config.is_file()
-    for quick in (False, True):
-        sw = build.expansion(entry, quick=quick)
-        assert sw.name == name and len(sw.cells) >= 2
-    assert len(build.expansion(entry, quick=True).cells) < len(build.expansion(entry).cells)
-    header = entry.header()
-    assert header["paper"] and header["claim"]
-    assert f"vgp gallery {name}" in header["run"] and "--quick" in header["run"]
-    assert sweepmod.load(entry.config).cells  # what vgp sweep reads
+    return gallery_quick(name, tmp_path).finding
 
 
 @pytest.mark.slow
