@@ -33,7 +33,7 @@ from matplotlib.lines import Line2D
 from vgp import facets, study as studies
 from vgp import plots_summary
 from vgp.errors import UserError
-from vgp.plots_group import HEAT, Data, Layout, aggregate, legend_width, no_minor, panel_axes, shape
+from vgp.plots_group import HEAT, Data, Layout, legend_width, no_minor, panel_axes, shape
 
 XI_MULTIPLE = 6.0  # Schoenholz et al.: networks train up to about 6 xi_c layers
 DEPTH = facets.DEPTH
@@ -153,11 +153,7 @@ def draw(d: Data, p: facets.Plan, ycol: str, ylabel: str) -> plt.Figure:
     """The heatmap(s) of ``p`` (x = p.x, depth = p.hue, panels by p.col and p.row); the mean-field curve
     where x is sigma_w^2."""
     t = p.table
-    counted = t[t["_counted"]]
-    keys = facets.group_ids(p, pd.Series(counted.index, index=counted.index))
-    frame = pd.DataFrame({"g": keys.to_numpy(), "y": counted["_y"].to_numpy(dtype=float), "run": counted.index})
-    log = studies.is_log_metric(ycol)
-    agg = aggregate(frame, ["g"], "y", log=log)
+    counted, keys, frame, log, agg = plots_summary.grouped(p, ycol)
     di = p.hue.columns.index(DEPTH)
     xs = np.array([float(v[0]) for v in p.x.values])
     depths = np.array(sorted({float(v[di]) for v in p.hue.values}))

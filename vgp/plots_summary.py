@@ -123,16 +123,24 @@ def xlabel(p: facets.Plan, s: studies.Study) -> str:
     return p.x.name
 
 
-def summary(d: Data, p: facets.Plan, ycol: str, ylabel: str) -> plt.Figure:
-    """y against x, one colour per hue value, panels by col and row: the mean (geometric for ratios)
-    over a point's runs and the min-max band; theory dashed; runs that never reached a target loss
-    marked at the top."""
+def grouped(p: facets.Plan, ycol: str):
+    """The finished runs of ``p`` (``_counted``) by facet group: (those runs, each one's group key, a frame
+    of group ``g``, value ``y`` and ``run``, whether ``ycol`` is averaged in log space, and the per-group
+    aggregate of :func:`vgp.plots_group.aggregate`)."""
     t = p.table
     counted = t[t["_counted"]]
     keys = facets.group_ids(p, pd.Series(counted.index, index=counted.index))
     frame = pd.DataFrame({"g": keys.to_numpy(), "y": counted["_y"].to_numpy(dtype=float), "run": counted.index})
     log = studies.is_log_metric(ycol)
-    agg = aggregate(frame, ["g"], "y", log=log)
+    return counted, keys, frame, log, aggregate(frame, ["g"], "y", log=log)
+
+
+def summary(d: Data, p: facets.Plan, ycol: str, ylabel: str) -> plt.Figure:
+    """y against x, one colour per hue value, panels by col and row: the mean (geometric for ratios)
+    over a point's runs and the min-max band; theory dashed; runs that never reached a target loss
+    marked at the top."""
+    t = p.table
+    counted, keys, frame, log, agg = grouped(p, ycol)
     pred = f"predicted_{ycol}"
     theory = {}
     if pred in t:
