@@ -96,7 +96,15 @@ def _start_long_run(tmp_path, name="long", extra=()):
     cfg_path.write_text(yaml.safe_dump(tiny(name=name, train__steps=1_000_000, log__every=3)))
     return subprocess.Popen([sys.executable, "-m", "vgp", "run", str(cfg_path), "--out", str(tmp_path), "-q",
                              *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_as_from_a_terminal)
+
+
+def _as_from_a_terminal():
+    """SIGINT and SIGHUP at their defaults in the child, as a run started from a terminal has them. A
+    test suite started under nohup, or as a background job of a script, inherits them ignored, and vgp
+    (like Python itself for SIGINT) leaves an ignored signal ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _wait_for_rows(path: Path, size: int, timeout: float = 120):
