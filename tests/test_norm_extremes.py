@@ -42,7 +42,7 @@ def close(got: float, want: float) -> bool:
 def test_norms_are_the_float64_norms_of_the_float32_tensor(magnitude):
     g = torch.Generator().manual_seed(0)
     tensors = [torch.randn(64, 32, generator=g) * magnitude, torch.full((64,), magnitude),
-               torch.randn(3, 5, 7, generator=g) * magnitude]
+               torch.randn(3, 5, 7, generator=g) * magnitude, torch.tensor(magnitude)]
     want = [ref(t) for t in tensors]
     assert all(w > 0 and math.isfinite(w) for w in want)
     assert all(close(n.item(), w) for n, w in zip(record._norms(tensors), want))

@@ -47,7 +47,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor | None:
     only, float32 and contiguous; else None (the norm is taken in float64)."""
     if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() or t.numel() == 0:
         return None
-    c = t.numel() // t.shape[0]  # a weight's row (out-channel), an example's features
+    c = t.numel() // t.shape[0] if t.dim() > 1 else t.numel()  # a weight's row, an example's features
     if c > ROW_MAX and t.dim() > 1:
         c = t.shape[-1]
     return t.view(-1, c) if 0 < c <= ROW_MAX else None
