@@ -53,7 +53,7 @@ def test_rezero_100_blocks_gradient_ratio_is_exactly_one(tmp_path):
         h = block(h)
     h.retain_grad()
     train.loss_fn(data.task)(model.out(h), y).backward()
-    assert og.iloc[0] == pytest.approx(h.grad.norm().item(), rel=1e-6)
+    assert og.iloc[0] == pytest.approx(h.grad.double().norm().item(), rel=1e-6)
 
     # a = 0: the branches' weights get exactly no gradient at step 0; the scalars are trained, so they do later
     w = g[(g.kind == "weight_grad") & g.name.str.startswith("blocks.")].pivot(index="step", columns="layer",

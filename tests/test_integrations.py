@@ -98,7 +98,7 @@ def _reference(model, x, y, batches: int) -> tuple[dict[str, float], float]:
     loss = sum(nn.functional.mse_loss(model.net(x[8 * b:8 * b + 8]), y[8 * b:8 * b + 8]) for b in range(batches))
     loss = loss / batches
     loss.backward()
-    return {f"net.{i}": model.net[i].weight.grad.norm().item() for i in (0, 2, 4)}, loss.item()
+    return {f"net.{i}": model.net[i].weight.grad.double().norm().item() for i in (0, 2, 4)}, loss.item()
 
 
 def test_lightning_fit_records_each_optimizer_step(tmp_path):
@@ -183,7 +183,7 @@ def test_hf_train_records_each_optimizer_step(tmp_path, max_grad_norm):
     assert got, "no weight_grad rows"
     modules = dict(before.named_modules())
     for name, value in got.items():
-        assert value == pytest.approx(modules[name].weight.grad.norm().item() * scale, rel=1e-4), name
+        assert value == pytest.approx(modules[name].weight.grad.double().norm().item() * scale, rel=1e-4), name
     assert float(rows(out, "metrics.csv")[0]["loss"]) == pytest.approx(loss.item(), rel=1e-5)
 
 

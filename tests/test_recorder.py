@@ -48,8 +48,8 @@ def one_step(model, out, forward, every=1, **kw):
         model.zero_grad()
         loss.backward()
         rec.step(loss)
-        grads = {n: m.weight.grad.norm().item() for n, m in model.named_modules() if _own_weight(m)}
-        biases = {n: m.bias.grad.norm().item() for n, m in model.named_modules()
+        grads = {n: m.weight.grad.double().norm().item() for n, m in model.named_modules() if _own_weight(m)}
+        biases = {n: m.bias.grad.double().norm().item() for n, m in model.named_modules()
                   if _own_weight(m) and isinstance(getattr(m, "bias", None), nn.Parameter)}
     for h in hs:
         h.remove()
@@ -62,14 +62,14 @@ def check_against(g, grads, biases, zref):
     w = g[g.kind == "weight_grad"].set_index("name").value
     assert set(w.index) == set(grads)
     for n, v in grads.items():
-        assert w[n] == pytest.approx(v, rel=1e-5, abs=1e-12), n
+        assert w[n] == pytest.approx(v, rel=1e-6, abs=1e-12), n
     b = g[g.kind == "bias_grad"].set_index("name").value
     assert set(b.index) == set(biases)
     for n, v in biases.items():
-        assert b[n] == pytest.approx(v, rel=1e-5, abs=1e-12), n
+        assert b[n] == pytest.approx(v, rel=1e-6, abs=1e-12), n
     z = g[g.kind == "output_grad"].set_index("name").value
     for n, v in zref.items():
-        assert z[n] == pytest.approx(v, rel=1e-4, abs=1e-12), n
+        assert z[n] == pytest.approx(v, rel=1e-6, abs=1e-12), n
 
 
 def cli(*args):

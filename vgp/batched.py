@@ -134,9 +134,11 @@ def _member_dims(t: torch.Tensor) -> tuple:
     return tuple(range(1, t.dim()))
 
 
-def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """(P, K): the norm of each member's slice of each stacked tensor."""
-    return torch.stack([torch.linalg.vector_norm(t, dim=_member_dims(t)) for t in tensors])
+def _norms(tensors: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(P, K): the norm of each member's slice of each stacked tensor; summed in float32 (clipping and
+    the divergence flag, as torch's clip_grad_norm_ sums alone) or in ``dtype`` float64 (what is
+    recorded: exact at both ends, see vgp.record._norms)."""
+    return torch.stack([torch.linalg.vector_norm(t, dim=_member_dims(t), dtype=dtype) for t in tensors])
 
 
 def _losses(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
@@ -336,7 +338,8 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
                 zs = [taps[2 * i] for i in range(n_layers)]
                 out_grads = [None] * n_layers
                 for i, z in enumerate(zs):
-                    z.register_hook(lambda g, i=i: out_grads.__setitem__(i, torch.linalg.vector_norm(g, dim=(1, 2))))
+                    z.register_hook(lambda g, i=i: out_grads.__setitem__(
+                        i, torch.linalg.vector_norm(g, dim=(1, 2), dtype=torch.float64)))
             losses = _losses(logits, y, task)  # (K,)
             for o in opts:
                 o.zero_grad(set_to_none=True)
@@ -347,9 +350,11 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
             grads = [p.grad for p in params]
             norms = _norms(grads)  # (P, K)
             gn = torch.linalg.vector_norm(norms, dim=0)  # (K,) before clipping
-            if recording:
+            if recording:  # written: float64 norms; flags and clipping: float32, as each member alone
+                norms64 = _norms(grads, torch.float64)
+                gn64 = torch.linalg.vector_norm(norms64, dim=0)
                 values = _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, hidden, n_layers,
-                                 params, norms, device, buffers)
+                                 params, norms64, device, buffers)
                 clipped = torch.zeros(k, dtype=torch.bool, device=device)
                 if clip.mode == "value":
                     amax = torch.stack([g.abs().amax(_member_dims(g)) for g in grads]).amax(0)
@@ -379,12 +384,12 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
             # record: one transfer, then each member's rows
             if "update_ratio" in kinds:
                 torch._foreach_sub_(prev, [w.detach() for w in weights])
-                values[:, KINDS.index("update_ratio")] = (torch.stack([torch.linalg.vector_norm(d, dim=(1, 2))
-                                                                       for d in prev]).T.double()
+                values[:, KINDS.index("update_ratio")] = (torch.stack([torch.linalg.vector_norm(
+                    d, dim=(1, 2), dtype=torch.float64) for d in prev]).T
                                                           / values[:, KINDS.index("weight")])
-            gnc = torch.linalg.vector_norm(_norms(grads), dim=0) if clip.mode != "none" else gn
+            gnc = torch.linalg.vector_norm(_norms(grads, torch.float64), dim=0) if clip.mode != "none" else gn64
             acc = (logits.detach().argmax(-1) == y).float().mean(1) if task == "classification" else nan
-            scalars = torch.stack([losses.detach().float(), acc, gn, gnc, clipped.float()], 1)  # (K, 5)
+            scalars = torch.stack([losses.detach().double(), acc.double(), gn64, gnc, clipped.double()], 1)  # (K, 5)
             n_pending = len(pending)
             host = torch.cat([values.flatten(1), scalars.double(), torch.stack(pending, 1).double(),
                               torch.stack(finite, 1).double()], 1).tolist()
@@ -458,13 +463,13 @@ def _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, h
     values = torch.full((k, len(KINDS), n_layers), math.nan, dtype=torch.float64, device=device)
     row = {kd: j for j, kd in enumerate(KINDS)}
     pos = {id(p): j for j, p in enumerate(params)}
-    values[:, row["weight_grad"]] = norms[[pos[id(w)] for w in weights]].T.double()
-    values[:, row["bias_grad"]] = norms[[pos[id(b)] for b in biases]].T.double()
+    values[:, row["weight_grad"]] = norms[[pos[id(w)] for w in weights]].T
+    values[:, row["bias_grad"]] = norms[[pos[id(b)] for b in biases]].T
     if "output_grad" in kinds:
-        zero = torch.zeros(k, device=device)
-        values[:, row["output_grad"]] = torch.stack([g if g is not None else zero for g in out_grads]).T.double()
+        zero = torch.zeros(k, dtype=torch.float64, device=device)
+        values[:, row["output_grad"]] = torch.stack([g if g is not None else zero for g in out_grads]).T
     if "update_ratio" in kinds or "weight" in kinds:
-        values[:, row["weight"]] = _norms([w.detach() for w in weights]).T.double()
+        values[:, row["weight"]] = _norms([w.detach() for w in weights], torch.float64).T
     if "update_ratio" in kinds:
         torch._foreach_copy_(prev, [w.detach() for w in weights])
     if "underflow" in kinds:

@@ -43,7 +43,7 @@ from torch import nn
 from vgp import activations, analysis, results
 from vgp.errors import UserError
 from vgp.models import Tracked
-from vgp.record import KINDS, GradientRecorder, _unchanged
+from vgp.record import KINDS, GradientRecorder, _unchanged, norm
 from vgp.train import GRAD_COLUMNS, METRIC_COLUMNS, _meta, _record_end, _signals_as_exceptions
 
 # activation modules vgp can describe: class -> (registry name, {argument: module attribute})
@@ -90,8 +90,8 @@ class _Discovery:
 
     def _layer_hook(self, c: int, want_z: bool):
         def add(g):
-            norm, prev = torch.linalg.vector_norm(g), self.out_grads.get(c)
-            self.out_grads[c] = norm if prev is None else torch.hypot(prev, norm)
+            n, prev = norm(g), self.out_grads.get(c)  # float64, as GradientRecorder's hooks take it
+            self.out_grads[c] = n if prev is None else torch.hypot(prev, n)
 
         def hook(module, inputs, output):
             if c not in self.order:

@@ -48,7 +48,7 @@ from vgp import activations, analysis, config, data as datasets, results
 from vgp.errors import UserError
 from vgp.models import mlp, recurrent, resnet, transformer
 from vgp.optim import OPTIMIZERS, SCHEDULES
-from vgp.record import KINDS, GradientRecorder
+from vgp.record import KINDS, GradientRecorder, _norms
 
 GRAD_COLUMNS = ["step", "layer", "name", "kind", "value"]
 TIME_COLUMNS = ["step", "layer", "t", "value"]
@@ -161,8 +161,13 @@ def evaluate(model, x, y, task: str, chunk: int = 4096, dtype: torch.dtype | Non
     return total.item() / n, (correct.item() / n if task == "classification" else None)
 
 
-def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+def _total_norm(grads: list[torch.Tensor], exact: bool = False) -> torch.Tensor:
+    """The norm of all gradients together: summed in float32 as torch's clip_grad_norm_ sums (the
+    divergence flag of every step: cheap, and finite exactly where clip_grad_norm_'s is), or
+    ``exact``ly, in float64, for what is written (see vgp.record._norms)."""
+    if not grads:
+        return torch.zeros((), dtype=torch.float64 if exact else None)
+    return torch.linalg.vector_norm(torch.stack(_norms(grads) if exact else torch._foreach_norm(grads)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -424,14 +429,14 @@ def _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_cs
                 clipped = no
                 if clip.mode == "value":
                     clipped = torch.stack(torch._foreach_norm(grads, float("inf"))).max() > clip.value
-                elif clip.mode == "norm":
-                    clipped = gn + 1e-6 > clip.max_norm  # torch scales by max_norm / (norm + 1e-6)
             # divergence is looked for on every step, without waiting for the device: a flag per step,
             # read with the losses at the next recorded step. The gradient's total norm is finite
-            # exactly when every entry is, except where the norm itself overflows (> 3.4e38 in float32:
-            # an exploding gradient, counted as one). Clipping by norm computes it anyway.
+            # exactly when every entry is, except where its float32 sum of squares overflows (a norm
+            # above 2**64 = 1.8e19: an exploding gradient, counted as one, by step_flags alike for the
+            # float32 norm here and the recorder's float64 one). Clipping by norm computes it anyway.
             if clip.mode == "norm":
                 norm = torch.nn.utils.clip_grad_norm_(params, clip.max_norm)  # the norm before clipping
+                clipped = norm + 1e-6 > clip.max_norm  # as torch scales: by max_norm / (norm + 1e-6)
             else:
                 norm = gn if recording else _total_norm(grads)
             ok, skipped = step_flags(pending[-1], norm, scale)
@@ -450,9 +455,9 @@ def _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_cs
 
             # record: everything of this step leaves the device in one transfer
             values = recorder.after_step()  # (len(KINDS), L)
-            gnc = _total_norm(grads) if clip.mode != "none" else gn
+            gnc = _total_norm(grads, exact=True) if clip.mode != "none" else gn
             acc = accuracy(logits.detach(), y) if data.task == "classification" else nan
-            scalars = torch.stack([loss.detach().float(), acc, gn, gnc, clipped.float()])
+            scalars = torch.stack([loss.detach().double(), acc.double(), gn, gnc, clipped.double()])  # norms: float64
             parts = [values.flatten(), scalars, torch.stack(pending), torch.stack(finite).float(),
                      torch.stack([scale if scale is not None else one, torch.stack(skips).sum() if skips else 0 * one])]
             n_time = 0
@@ -507,16 +512,21 @@ def _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_cs
             "skipped_steps": skipped_steps, "train_s": round(train_s, 3)}
 
 
+FLOAT32_NORM_MAX = 2.0**64  # the largest finite norm torch sums in float32: sqrt(3.4e38), rounded
+
+
 def step_flags(loss: torch.Tensor, norm: torch.Tensor, scale: torch.Tensor | None):
     """(the step did not diverge, the loss scaler skips its update: None without a scaler), as 0-d
-    bool tensors on the device. ``norm``: the total norm of the unscaled gradients, non-finite exactly
-    where an entry is (or the norm overflows float32); ``scale``: the step's loss scale S.
+    bool tensors on the device. ``norm``: the total norm of the unscaled gradients, in float32 (as
+    torch's clip_grad_norm_ takes it) or float64 (the recorder's); the gradient counts as exploded
+    where an entry is not finite or the norm exceeds 2**64 (1.8e19), where a float32 sum of squares
+    overflows, so that both give the same flag; ``scale``: the step's loss scale S.
 
     Without a scaler, a non-finite loss or gradient is divergence. With one, a non-finite gradient
     makes the scaler skip the update and halve S, which is dynamic loss scaling at work, not
     divergence, while S > 1; at S <= 1 the gradient overflowed with no amplification to blame: an
     exploding gradient, divergence. A non-finite loss (float32 under autocast) is divergence always."""
-    grad_ok = torch.isfinite(norm)
+    grad_ok = norm <= FLOAT32_NORM_MAX  # False for inf and NaN too
     loss_ok = torch.isfinite(loss)
     if scale is None:
         return grad_ok & loss_ok, None
