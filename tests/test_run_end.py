@@ -121,7 +121,10 @@ def test_a_signal_marks_the_run_interrupted_with_every_recorded_row_kept(tmp_pat
     folder = tmp_path / "long"
     _wait_for_rows(folder / "metrics.csv.partial", 5000)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a run that ignored the signal must not outlive the test (it trains 10^6 steps)
     assert proc.returncode == (130 if sig == signal.SIGINT else 128 + sig), err
     assert "Traceback" not in err
     meta = json.loads((folder / "meta.json").read_text())
