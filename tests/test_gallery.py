@@ -118,6 +118,9 @@ def test_quick_goes_to_its_own_folder_and_page_and_unrun_entries_are_listed(tmp_
     text = page.read_text()
     assert "| not run yet | 0/2 |" in text and "**Not run yet.** `vgp gallery tiny-entry --quick` runs it (2 runs)." in text
     assert not (tmp_path / "docs").exists()
+    # another --out writes its own page too: only the default full run rewrites docs/gallery.md
+    page = gallery.run(out=tmp_path / "elsewhere", jobs=1, quiet=True, train=False, say=lambda m: None)
+    assert page == tmp_path / "elsewhere" / "gallery.md" and not (tmp_path / "docs").exists()
 
 
 def test_cli_lists_entries_and_rejects_unknown_names(cli):

@@ -160,8 +160,8 @@ def run(names=(), quick: bool = False, jobs: int | None = None, out: Path | None
     measure every entry whose folder holds runs, and write the page (``doc``). Returns the page's path.
 
     ``out`` defaults to ``results/gallery`` (``results/gallery-quick`` with ``quick``), ``doc`` to
-    ``docs/gallery.md`` (``<out>/gallery.md`` with ``quick``, so that a quick pass never overwrites the
-    published page). ``say``: where progress lines go (default: standard error). Raises UserError for
+    ``docs/gallery.md`` for the default full run and to ``<out>/gallery.md`` otherwise (``quick`` or
+    another ``out``), so that only the default full run rewrites the published page. ``say``: where progress lines go (default: standard error). Raises UserError for
     an unknown entry name."""
     import sys
     import time
@@ -171,8 +171,9 @@ def run(names=(), quick: bool = False, jobs: int | None = None, out: Path | None
 
     say = say or (lambda m: print(m, file=sys.stderr, flush=True))
     chosen = {e.name for e in entries(names)}
+    published = out is None and not quick  # only the default full run writes the published page
     out = Path(out) if out is not None else Path("results") / ("gallery-quick" if quick else "gallery")
-    doc = Path(doc) if doc is not None else (out / "gallery.md" if quick else Path("docs") / "gallery.md")
+    doc = Path(doc) if doc is not None else (Path("docs") / "gallery.md" if published else out / "gallery.md")
     for e in ENTRIES.values():  # every header readable before anything trains
         e.header()
     outcomes = []
