@@ -53,11 +53,13 @@ class VanillaLayer(nn.Module):
         return (self.ih.weight, self.ih.bias), (self.hh.weight, self.hh.bias)
 
     def steps(self, x, sink):  # (B, T, F) -> list of T tensors (B, H)
-        xw = self.ih(x)  # (B, T, H): the input part of every step in one matmul
+        # (B, T, H): the input part of every step in one matmul; unbound into T (B, H) views, whose
+        # gradients autograd stacks once (indexing xw[:, t] would make a (B, T, H) gradient per step)
+        xw = self.ih(x).unbind(1)
         h = x.new_zeros(x.shape[0], self.hidden)
         out = []
-        for t in range(x.shape[1]):
-            h = self.act(xw[:, t] + self.hh(h))
+        for t in range(len(xw)):
+            h = self.act(xw[t] + self.hh(h))
             if sink is not None:
                 sink(t, h)
             out.append(h)
@@ -78,11 +80,11 @@ class CellLayer(nn.Module):
         h = x.new_zeros(x.shape[0], self.hidden)
         c = torch.zeros_like(h)
         out = []
-        for t in range(x.shape[1]):
+        for t, x_t in enumerate(x.unbind(1)):  # (B, F) views, see VanillaLayer.steps
             if self.kind == "lstm":
-                h, c = self.cell(x[:, t], (h, c))
+                h, c = self.cell(x_t, (h, c))
             else:
-                h = self.cell(x[:, t], h)
+                h = self.cell(x_t, h)
             if sink is not None:
                 sink(t, h)
             out.append(h)
