@@ -65,8 +65,17 @@ def _segments(sizes: tuple) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
 
 
-def _norms(tensors: list) -> list[torch.Tensor]:
-    """Frobenius norms, as float64 0-d tensors, each equal to the float64 norm of its tensor.
+@functools.lru_cache(maxsize=64)
+def _floors(numels: tuple) -> torch.Tensor:
+    """(N,) float64: the smallest norm :func:`_trusted` accepts for tensors of these sizes."""
+    return torch.tensor([math.sqrt(n) * 2.0**-59 for n in numels], dtype=torch.float64)
+
+
+SMALL = 4096  # tensors of at most this many entries (biases) are summed in float64 outright
+
+
+def _norms(tensors: list) -> torch.Tensor:
+    """Frobenius norms, as a (N,) float64 tensor, each equal to the float64 norm of its tensor.
 
     PyTorch sums the squares in the tensor's dtype, unscaled: in float32 those of entries below
     about 1e-19 underflow (64 entries of 1e-23 get the norm 0 instead of 8e-23, gradients of 1e-30
@@ -77,30 +86,35 @@ def _norms(tensors: list) -> list[torch.Tensor]:
 
     But on the CPU torch first copies a tensor to float64 for that: a recorded step of a 20x256
     MLP (one thread, 11 ms bare step) took 3.5 ms longer than with float32 norms for the gradient
-    kinds, 5.7-6.6 ms for all kinds. So on the CPU, where reading a value waits for nothing, the
-    norms of float32 tensors are taken row by row in float32 (rows of at most ROW_MAX: short
-    chains), the rows combined in float64, and kept where :func:`_trusted`; only the others
-    (vanishing or exploding ones) are summed again in float64: +0.7 and +1.1-1.7 ms there, and as
-    much as float64 costs where every layer vanishes. On a GPU all are summed in float64, in one
-    fused call, with no host synchronisation."""
+    kinds, 5.7-6.6 ms for all kinds. So on the CPU, where reading a value waits for nothing, small
+    float32 tensors (biases: at most SMALL entries) are concatenated and summed in float64 in one
+    go, and the others' norms are taken row by row in float32 (rows of at most ROW_MAX: short
+    chains), the rows combined in float64, and kept where :func:`_trusted`; only the rest
+    (vanishing or exploding tensors) are summed again in float64, which costs what float64 costs
+    where every layer vanishes. On a GPU all are summed in float64, in one fused call, with no host
+    synchronisation."""
     if not tensors:
-        return []
+        return torch.zeros(0, dtype=torch.float64)
     if tensors[0].device.type != "cpu":
-        return list(torch._foreach_norm(tensors, dtype=torch.float64))
-    out: list = [None] * len(tensors)
+        return torch.stack(torch._foreach_norm(tensors, dtype=torch.float64))
     rows = [_rows(t) for t in tensors]
-    fast = [k for k, r in enumerate(rows) if r is not None]
-    if fast:
-        per_row = [torch.linalg.vector_norm(rows[k], dim=1) for k in fast]  # float32
+    small = [k for k, r in enumerate(rows) if r is not None and r.numel() <= SMALL]
+    large = [k for k, r in enumerate(rows) if r is not None and r.numel() > SMALL]
+    out = torch.full((len(tensors),), math.nan, dtype=torch.float64)
+    if small:  # exact: float64 squares of float32 numbers, one chain per tensor of few entries
+        sq = torch.cat([rows[k].view(-1) for k in small]).double().square_()
+        n = sq.new_zeros(len(small)).index_add_(0, _segments(tuple(rows[k].numel() for k in small)), sq)
+        out[small] = n.sqrt_()
+    if large:
+        per_row = [torch.linalg.vector_norm(rows[k], dim=1) for k in large]  # float32
         sq = torch.cat(per_row).double().square_()
-        n64 = sq.new_zeros(len(fast)).index_add_(0, _segments(tuple(len(r) for r in per_row)), sq).sqrt_()
-        for k, v, n in zip(fast, n64.tolist(), n64.unbind()):
-            if _trusted(v, tensors[k].numel()):
-                out[k] = n
-    slow = [k for k, n in enumerate(out) if n is None]
-    if slow:
-        for k, n in zip(slow, torch._foreach_norm([tensors[k] for k in slow], dtype=torch.float64)):
-            out[k] = n
+        n = sq.new_zeros(len(large)).index_add_(0, _segments(tuple(len(r) for r in per_row)), sq).sqrt_()
+        floor = _floors(tuple(tensors[k].numel() for k in large))
+        out[large] = torch.where((n >= floor) & (n <= FLOAT32_MAX), n, math.nan)  # _trusted, else NaN
+    redo = out.isnan()
+    if redo.any():  # a Python bool: on the CPU the values are there, nothing waits
+        slow = redo.nonzero().flatten().tolist()
+        out[slow] = torch.stack(torch._foreach_norm([tensors[k] for k in slow], dtype=torch.float64))
     return out
 
 
@@ -339,7 +353,7 @@ class GradientRecorder:
         values = torch.full((len(KINDS), n), math.nan, dtype=torch.float64, device=self.weights[0].device)
         row = {k: j for j, k in enumerate(KINDS)}
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        norms = torch.stack(_norms(grads))  # one per parameter tensor
+        norms = _norms(grads)  # one per parameter tensor
         self.total_grad_norm = torch.linalg.vector_norm(norms)
         if self._weight_pos.device != norms.device:  # once: a copy from the host would wait for the GPU
             self._weight_pos, self._bias_pos, self._bias_index, self._weight_index = (
@@ -355,7 +369,7 @@ class GradientRecorder:
                 values[row["output_grad"]] /= scale
         weights = [w.detach() for w in self.weights]
         if self._want_update or "weight" in self.kinds:
-            values[row["weight"], self._weight_index] = torch.stack(_norms(weights))
+            values[row["weight"], self._weight_index] = _norms(weights)
         if self._want_update:
             torch._foreach_copy_(self._prev, weights)
         if self._want_act:
@@ -366,7 +380,7 @@ class GradientRecorder:
             keys = sorted(self._time_keys)  # layer by layer, t in order
             zero = torch.zeros(1, device=values.device)
             self.time_keys = keys
-            self.time_values = torch.stack(_norms([self._time.get(k, zero).float() for k in keys])) if keys else None
+            self.time_values = _norms([self._time.get(k, zero).float() for k in keys]) if keys else None
             if keys and scale is not None:
                 self.time_values /= scale
             self._time, self._time_keys = {}, []
@@ -428,7 +442,7 @@ class GradientRecorder:
         if self._want_update:
             torch._foreach_sub_(self._prev, [w.detach() for w in self.weights])  # W_old - W_new, in place
             w = self._weight_index
-            moved = torch.stack(_norms(self._prev))
+            moved = _norms(self._prev)
             values[KINDS.index("update_ratio"), w] = moved / values[KINDS.index("weight"), w]
         return values
 

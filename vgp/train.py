@@ -167,7 +167,7 @@ def _total_norm(grads: list[torch.Tensor], exact: bool = False) -> torch.Tensor:
     ``exact``ly, in float64, for what is written (see vgp.record._norms)."""
     if not grads:
         return torch.zeros((), dtype=torch.float64 if exact else None)
-    return torch.linalg.vector_norm(torch.stack(_norms(grads) if exact else torch._foreach_norm(grads)))
+    return torch.linalg.vector_norm(_norms(grads) if exact else torch.stack(torch._foreach_norm(grads)))
 
 
 @functools.lru_cache(maxsize=1)
