@@ -141,6 +141,40 @@ def _norms(tensors: list[torch.Tensor], dtype: torch.dtype | None = None) -> tor
     return torch.stack([torch.linalg.vector_norm(t, dim=_member_dims(t), dtype=dtype) for t in tensors])
 
 
+@functools.lru_cache(maxsize=32)
+def _row_plan(shapes: tuple) -> tuple:
+    """For stacked tensors of these shapes (K, ...): which take rows (a weight's (K, out, in): rows of
+    ``in``; a bias: one row per member) of at most ROW_MAX entries, their row lengths, the segment of
+    every row, and the norm below which a member's float32 rows are not trusted (record._floors)."""
+    per = [math.prod(sh[1:]) for sh in shapes]
+    cols = [sh[-1] if len(sh) > 2 else n for sh, n in zip(shapes, per)]
+    fast = [p for p, c in enumerate(cols) if 0 < c <= record.ROW_MAX]
+    seg = record._segments(tuple(per[p] // cols[p] for p in fast))
+    return fast, [cols[p] for p in fast], seg, record._floors(tuple(per[p] for p in fast))[:, None]
+
+
+def _exact_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(P, K) float64: the norm of each member's slice of each stacked tensor, equal to the float64
+    norm of its float32 entries, from 1e-45 to 3.4e38 (what is recorded), taken as
+    :func:`vgp.record._norms` takes a solo run's: on the CPU, float32 norms of rows of at most
+    ROW_MAX entries, combined in float64 and kept where they can be trusted, the rest summed again
+    in float64; a plain float64 norm (a copy of the tensor, on the CPU) where rows do not apply."""
+    k = tensors[0].shape[0]
+    out = torch.full((len(tensors), k), math.nan, dtype=torch.float64, device=tensors[0].device)
+    if all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
+        fast, cols, seg, floor = _row_plan(tuple(tuple(t.shape) for t in tensors))
+        if fast:
+            rows = [torch.linalg.vector_norm(tensors[p].view(k, -1, c), dim=2) for p, c in zip(fast, cols)]
+            sq = torch.cat(rows, 1).double().square_()  # (K, all rows)
+            n = sq.new_zeros(k, len(fast)).index_add_(1, seg, sq).sqrt_().T  # (len(fast), K)
+            out[fast] = torch.where((n >= floor) & (n <= record.FLOAT32_MAX), n, math.nan)  # trusted, else NaN
+    redo = out.isnan().any(1)
+    if redo.any():  # vanishing or exploding members, tensors without rows, a GPU: float64 outright
+        for p in redo.nonzero().flatten().tolist():
+            out[p] = torch.linalg.vector_norm(tensors[p], dim=_member_dims(tensors[p]), dtype=torch.float64)
+    return out
+
+
 def _losses(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     """(K,) each member's mean loss, as :func:`vgp.train.loss_fn` computes it alone."""
     if task == "classification":
@@ -351,7 +385,7 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
             norms = _norms(grads)  # (P, K)
             gn = torch.linalg.vector_norm(norms, dim=0)  # (K,) before clipping
             if recording:  # written: float64 norms; flags and clipping: float32, as each member alone
-                norms64 = _norms(grads, torch.float64)
+                norms64 = _exact_norms(grads)
                 gn64 = torch.linalg.vector_norm(norms64, dim=0)
                 values = _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, hidden, n_layers,
                                  params, norms64, device, buffers)
@@ -384,10 +418,8 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
             # record: one transfer, then each member's rows
             if "update_ratio" in kinds:
                 torch._foreach_sub_(prev, [w.detach() for w in weights])
-                values[:, KINDS.index("update_ratio")] = (torch.stack([torch.linalg.vector_norm(
-                    d, dim=(1, 2), dtype=torch.float64) for d in prev]).T
-                                                          / values[:, KINDS.index("weight")])
-            gnc = torch.linalg.vector_norm(_norms(grads, torch.float64), dim=0) if clip.mode != "none" else gn64
+                values[:, KINDS.index("update_ratio")] = _exact_norms(prev).T / values[:, KINDS.index("weight")]
+            gnc = torch.linalg.vector_norm(_exact_norms(grads), dim=0) if clip.mode != "none" else gn64
             acc = (logits.detach().argmax(-1) == y).float().mean(1) if task == "classification" else nan
             scalars = torch.stack([losses.detach().double(), acc.double(), gn64, gnc, clipped.double()], 1)  # (K, 5)
             n_pending = len(pending)
@@ -469,20 +501,20 @@ def _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, h
         zero = torch.zeros(k, dtype=torch.float64, device=device)
         values[:, row["output_grad"]] = torch.stack([g if g is not None else zero for g in out_grads]).T
     if "update_ratio" in kinds or "weight" in kinds:
-        values[:, row["weight"]] = _norms([w.detach() for w in weights], torch.float64).T
+        values[:, row["weight"]] = _exact_norms([w.detach() for w in weights]).T
     if "update_ratio" in kinds:
         torch._foreach_copy_(prev, [w.detach() for w in weights])
     if "underflow" in kinds:
         values[:, row["underflow"]] = _underflow([w.grad for w in weights], buffers)
     if want_act:
-        lh, (_, b, u) = len(hidden), taps[1].shape
+        lh, (_, u, b) = len(hidden), taps[1].shape  # taps: (K, U, B), see StackedMLP
         if buffers.get("shape") != (lh, k, b, u):  # reused: a fresh multi-megabyte tensor costs page faults
             buffers.update(shape=(lh, k, b, u), h=torch.empty(lh, k, b, u, device=device),
                            tmp=torch.empty(lh, k, b, u, device=device))
         h, tmp = buffers["h"], buffers["tmp"]
-        torch.stack([taps[2 * i + 1].detach() for i in hidden], out=h)  # (Lh, K, B, U)
+        torch.stack([taps[2 * i + 1].detach().transpose(1, 2) for i in hidden], out=h)  # (Lh, K, B, U)
         if act.saturated is None:
-            torch.stack([taps[2 * i].detach() for i in hidden], out=tmp)
+            torch.stack([taps[2 * i].detach().transpose(1, 2) for i in hidden], out=tmp)
         stats = record.act_stats(act, h.view(lh * k, b, u), tmp.view(lh * k, b, u)).view(4, lh, k)  # (4, Lh, K)
         first = row["act_mean"]
         values[:, first:first + 4, hidden] = stats.permute(2, 0, 1)

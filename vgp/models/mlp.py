@@ -91,7 +91,10 @@ def mlp(in_shape: tuple, out_size: int, width: int, depth: int, activation: Acti
 class StackedMLP(nn.Module):
     """K equally shaped :class:`vgp.models.MLP` as one module: ``weights[l]`` (K, out, in),
     ``biases[l]`` (K, out), copied from the members. ``forward`` maps (K, B, *shape) to (K, B, out);
-    ``taps`` (a list) receives each hidden layer's pre-activation and activation output."""
+    ``taps`` (a list) receives each hidden layer's pre-activation and activation output, as
+    (K, units, B): the layers run on transposed activations, z^T = W h^T + b, so that the gradient
+    of each (K, out, in) weight comes out of the backward pass in the weight's own layout (computed
+    as h W^T, it came out transposed, and autograd copied every one into place on every step)."""
 
     def __init__(self, members: list):
         super().__init__()
@@ -105,14 +108,14 @@ class StackedMLP(nn.Module):
         self.act = members[0].blocks[0].act if members[0].blocks else None
 
     def forward(self, x, taps: list | None = None):  # (K, B, *shape) -> (K, B, out)
-        h = x.flatten(2)
+        h = x.flatten(2).transpose(1, 2)  # (K, in, B)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # (K, B, out)
+            z = torch.baddbmm(b.unsqueeze(2), w, h)  # (K, out, B)
             if taps is not None:
                 taps.append(z)
             if i == last:
-                return z
+                return z.transpose(1, 2)
             a = self.act(z)
             if taps is not None:
                 taps.append(a)
