@@ -41,11 +41,18 @@ def close(got: float, want: float) -> bool:
                                        1e19, 1e20, 1e30, 1e37])
 def test_norms_are_the_float64_norms_of_the_float32_tensor(magnitude):
     g = torch.Generator().manual_seed(0)
+    # small tensors (at most record.SMALL entries) are summed in float64 outright, larger ones by rows
     tensors = [torch.randn(64, 32, generator=g) * magnitude, torch.full((64,), magnitude),
-               torch.randn(3, 5, 7, generator=g) * magnitude, torch.tensor(magnitude)]
+               torch.randn(3, 5, 7, generator=g) * magnitude, torch.tensor(magnitude),
+               torch.randn(96, 64, generator=g) * magnitude, torch.full((5000,), magnitude)]
+    assert [t.numel() > record.SMALL for t in tensors] == [False] * 4 + [True] * 2
     want = [ref(t) for t in tensors]
     assert all(w > 0 and math.isfinite(w) for w in want)
     assert all(close(n.item(), w) for n, w in zip(record._norms(tensors), want))
+    # batched seeds: each member's slice of stacked (K, ...) tensors, members of different magnitudes
+    stacked = [torch.stack([t, t * 0.5]) for t in tensors[:2] + tensors[4:]]
+    got = batched._exact_norms(stacked)
+    assert all(close(got[p, k].item(), ref(t[k])) for p, t in enumerate(stacked) for k in range(2))
     assert all(close(record.norm(t).item(), w) for t, w in zip(tensors, want))
     assert all(close(record.norm(t.half()).item(), ref(t.half())) for t in tensors if 1e-7 < magnitude < 1e4)
 
