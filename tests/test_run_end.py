@@ -142,6 +142,41 @@ def test_a_signal_marks_the_run_interrupted_with_every_recorded_row_kept(tmp_pat
     assert run(cfg, out=tmp_path, quiet=True).status == "completed"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("batched_run", [False, True], ids=["alone", "batched"])
+def test_a_signal_between_a_steps_files_leaves_the_step_in_both_or_neither(tmp_path, monkeypatch, sig,
+                                                                              batched_run):
+    """The signal arrives right after step 2's grad_norms.csv rows are written, before its
+    metrics.csv row: step 2 is written whole to both, and the run ends interrupted after it (in a
+    batched group, after the first member's rows: the next member's step 2 is in neither file)."""
+    from vgp import batched
+
+    write_values = results.CsvStream.write_values
+
+    def then_signal(self, step, prefixes, values):
+        write_values(self, step, prefixes, values)
+        if step == 2 and self.path.name == "grad_norms.csv":
+            os.kill(os.getpid(), sig)
+
+    monkeypatch.setattr(results.CsvStream, "write_values", then_signal)
+    # as from a terminal, whatever pytest was started with; restored below
+    old = {s: signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
+           for s in (signal.SIGTERM, signal.SIGINT)}
+    cfgs = [config.from_dict(tiny(name=f"m{i}", seed=i, train__steps=50)) for i in range(2 if batched_run else 1)]
+    try:
+        with pytest.raises((SystemExit, KeyboardInterrupt)):
+            batched.run_batched(cfgs, out=tmp_path) if batched_run else run(cfgs[0], out=tmp_path, quiet=True)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    for i, cfg in enumerate(cfgs):
+        folder = tmp_path / cfg.name
+        assert results.read_status(folder) == "interrupted"
+        m = pd.read_csv(folder / "metrics.csv.partial")
+        g = pd.read_csv(folder / "grad_norms.csv.partial")
+        assert list(g.groupby("step").size().index) == list(m.step) == ([0, 1, 2] if i == 0 else [0, 1])
+
+
 # -- one writer per run folder -------------------------------------------------------------------
 
 def test_a_second_run_of_the_same_name_is_refused_while_the_first_runs(tmp_path):

@@ -434,15 +434,16 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
                 flat, (l, a, g, gc, c) = row[:nv], row[nv:nv + 5]
                 ok = row[nv + 5 + n_pending:nv + 5 + 2 * n_pending]
                 grad_csv, metrics_csv = m.streams
-                grad_csv.write_values(step, grad_prefixes, [flat[j] for j in flat_index])
                 tl = test_loss[i] if test_loss is not None else None
                 ta = test_acc[i] if test_acc is not None else None
-                metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), lr[i],
-                                    round(elapsed, 4), tl, ta, 1.0, 0]])  # fp32: no loss scale, no skips
+                with results.signals_held():  # the step's rows reach both of the member's CSVs or neither
+                    grad_csv.write_values(step, grad_prefixes, [flat[j] for j in flat_index])
+                    metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), lr[i],
+                                        round(elapsed, 4), tl, ta, 1.0, 0]])  # fp32: no loss scale, no skips
+                    for s in m.streams:
+                        s.flush()
                 if step == 0 and "output_grad" in kinds and hidden:
                     m.grad_ratio = template.output_grad_ratio(flat, hidden)
-                for s in m.streams:
-                    s.flush()
                 m.last_loss = l
                 bad = [j for j, v in enumerate(ok) if v != 1.0]
                 if bad:

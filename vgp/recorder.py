@@ -308,11 +308,12 @@ class Recorder:
         host = torch.cat([values.flatten(), scalars, flags]).tolist()
         nv = values.numel()
         flat, (l, g), ok = host[:nv], host[nv:nv + 2], host[nv + 2:]
-        self._grad_csv.write_values(k, self._prefixes, [flat[j] for j in self._flat_index])
-        self._metrics_csv.write([[k, None if loss is None else l, None, g, None, None, lr, round(elapsed, 4),
-                                  None, None, None, None]])
-        for s in self._streams:
-            s.flush()
+        with results.signals_held():  # the step's rows reach both CSVs or neither
+            self._grad_csv.write_values(k, self._prefixes, [flat[j] for j in self._flat_index])
+            self._metrics_csv.write([[k, None if loss is None else l, None, g, None, None, lr, round(elapsed, 4),
+                                      None, None, None, None]])
+            for s in self._streams:
+                s.flush()
         if loss is not None:
             self.final_loss = l
         if k == 0 and "output_grad" in self.kinds:

@@ -25,7 +25,9 @@ import fcntl
 import io
 import json
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import yaml
@@ -111,6 +113,37 @@ def csv_text(rows: list[dict], columns: list[str]) -> str:
     for r in rows:
         w.writerow([_cell(r.get(c)) for c in columns])
     return buf.getvalue()
+
+
+ENDING_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # what ends a run as interrupted
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done, then take effect as they would have.
+    Around the writes of one recorded step: a signal between its grad_norms.csv rows and its
+    metrics.csv row left an interrupted run with a step in one file and not in the other.
+
+    Their handlers are swapped for one that notes the signal, then restored, and a noted signal is
+    raised again. (Blocking them with pthread_sigmask would not do: the kernel hands a signal that
+    the main thread blocks to another thread, such as one of PyTorch's OpenMP workers, and Python
+    then runs the handler in the main thread at once.) Outside the main thread, where handlers
+    cannot be set, and for an ignored signal or one whose handler Python did not install, nothing
+    changes."""
+    noted: list[int] = []
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in ENDING_SIGNALS:
+            handler = signal.getsignal(sig)
+            if handler is not None and handler != signal.SIG_IGN:
+                old[sig] = signal.signal(sig, lambda signum, frame: noted.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(noted):
+            signal.raise_signal(sig)  # its own handler, now
 
 
 class CsvStream:

@@ -335,8 +335,7 @@ def _record_end(folder: Path, streams: list, e: BaseException, device, started: 
     """Mark an unfinished run failed or interrupted. Never raises: it runs when the disk may be full or
     the folder read-only, and signals wait until it is done. Falls back to rewriting meta.json in
     place, and as a last resort says on stderr that the folder could not be marked."""
-    blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, results.ENDING_SIGNALS)
     try:
         for s in streams:
             try:
@@ -476,16 +475,16 @@ def _train(cfg, model, data, opt, schedule, criterion, params, recorder, grad_cs
             skips.clear()
             skipped_steps += int(n_skipped)
             time_norms = host[len(host) - n_time:]
-            if time_csv is not None:
-                time_csv.write_values(step, [f"{k},{t}" for k, t in recorder.time_keys], time_norms)
-
-            grad_csv.write_values(step, grad_prefixes, [flat[j] for j in flat_index])
-            metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), lr,
-                                round(elapsed, 4), test_loss, test_acc, s_used, int(n_skipped)]])
+            with results.signals_held():  # the step's rows reach every CSV or none
+                if time_csv is not None:
+                    time_csv.write_values(step, [f"{k},{t}" for k, t in recorder.time_keys], time_norms)
+                grad_csv.write_values(step, grad_prefixes, [flat[j] for j in flat_index])
+                metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), lr,
+                                    round(elapsed, 4), test_loss, test_acc, s_used, int(n_skipped)]])
+                for s in streams:
+                    s.flush()  # a kill from now on loses none of this step's rows
             if step == 0 and "output_grad" in cfg.log.kinds:
                 grad_ratio = _grad_ratio(flat, recorder)
-            for s in streams:
-                s.flush()  # a kill from now on loses none of this step's rows
             last_loss = l
             progress.update(bar, completed=done, loss=f"{l:.4g}")
 
