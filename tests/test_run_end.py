@@ -177,6 +177,44 @@ def test_a_signal_between_a_steps_files_leaves_the_step_in_both_or_neither(tmp_p
         assert list(g.groupby("step").size().index) == list(m.step) == ([0, 1, 2] if i == 0 else [0, 1])
 
 
+def test_a_second_signal_while_the_folder_is_marked_does_not_stop_the_marking(tmp_path, monkeypatch):
+    """SIGTERM ends the run; a Ctrl-C arrives just as meta.json is about to be marked. With another
+    thread that takes signals (as PyTorch's OpenMP workers do), the kernel hands it to that thread,
+    and a blocked signal mask in the main thread alone would not hold it off."""
+    import threading
+
+    write_values, atomic_write = results.CsvStream.write_values, results.atomic_write
+
+    def then_sigterm(self, step, prefixes, values):
+        write_values(self, step, prefixes, values)
+        if step == 2 and self.path.name == "grad_norms.csv":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def ctrl_c_first(path, text, *args, **kwargs):
+        if Path(path).name == "meta.json" and '"interrupted"' in text:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the other thread takes it; Python's handler then runs in the main thread
+        return atomic_write(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(results.CsvStream, "write_values", then_sigterm)
+    monkeypatch.setattr(results, "atomic_write", ctrl_c_first)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)  # a thread whose signal mask blocks nothing
+    other.start()
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+           signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+    try:
+        with pytest.raises(SystemExit) as ended:  # the run's own ending: SIGTERM, not the Ctrl-C
+            run(config.from_dict(tiny(name="r", train__steps=50)), out=tmp_path, quiet=True)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        stop.set()
+    assert ended.value.code == 128 + signal.SIGTERM
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and meta["ended"]
+
+
 # -- one writer per run folder -------------------------------------------------------------------
 
 def test_a_second_run_of_the_same_name_is_refused_while_the_first_runs(tmp_path):

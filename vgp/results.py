@@ -119,8 +119,9 @@ ENDING_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # what ends a r
 
 
 @contextlib.contextmanager
-def signals_held():
-    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done, then take effect as they would have.
+def signals_held(then_raise: bool = True):
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done, then take effect as they would have
+    (``then_raise`` False: they are dropped, for a block that marks a run already ending).
     Around the writes of one recorded step: a signal between its grad_norms.csv rows and its
     metrics.csv row left an interrupted run with a step in one file and not in the other.
 
@@ -142,7 +143,7 @@ def signals_held():
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        for sig in dict.fromkeys(noted):
+        for sig in dict.fromkeys(noted) if then_raise else ():
             signal.raise_signal(sig)  # its own handler, now
 
 

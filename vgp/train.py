@@ -335,37 +335,40 @@ def _record_end(folder: Path, streams: list, e: BaseException, device, started: 
     """Mark an unfinished run failed or interrupted. Never raises: it runs when the disk may be full or
     the folder read-only, and signals wait until it is done. Falls back to rewriting meta.json in
     place, and as a last resort says on stderr that the folder could not be marked."""
+    # a second Ctrl-C while the folder is marked must not stop the marking: held off by the mask
+    # where the main thread would get it, by the handlers where another thread does (see signals_held)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, results.ENDING_SIGNALS)
     try:
-        for s in streams:
+        with results.signals_held(then_raise=False):
+            for s in streams:
+                try:
+                    s.close()  # rows so far stay in the .partial files
+                except OSError:
+                    pass
+            # Ctrl-C, SIGTERM, a scheduler's requeue (SystemExit): interrupted, to be run again
+            status = "failed" if isinstance(e, Exception) else "interrupted"
+            problems = []
+            if status == "failed":
+                try:
+                    results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
+                except OSError as err:
+                    problems.append(f"error.txt: {err}")
+            meta = results.json_text(_meta(device, started, status, ended=results.now(), error=repr(e)[:2000]))
             try:
-                s.close()  # rows so far stay in the .partial files
-            except OSError:
-                pass
-        # Ctrl-C, SIGTERM, a scheduler's requeue (SystemExit): interrupted, to be run again
-        status = "failed" if isinstance(e, Exception) else "interrupted"
-        problems = []
-        if status == "failed":
-            try:
-                results.atomic_write(folder / "error.txt", "".join(traceback.format_exception(e)))
+                results.atomic_write(folder / "meta.json", meta)
             except OSError as err:
-                problems.append(f"error.txt: {err}")
-        meta = results.json_text(_meta(device, started, status, ended=results.now(), error=repr(e)[:2000]))
-        try:
-            results.atomic_write(folder / "meta.json", meta)
-        except OSError as err:
-            try:  # no room for a new file: overwrite the old one's blocks
-                with open(folder / "meta.json", "w") as f:
-                    f.write(meta)
-            except OSError as err2:
-                problems.append(f"meta.json: {err}; {err2}")
-        if problems:
-            print(f"vgp: {folder}: the run ended ({status}: {e!r}) but this could not be recorded: "
-                  + "; ".join(problems), file=sys.stderr)
-        elif status == "interrupted" and not quiet:
-            why = f"signal {e.code - 128}" if isinstance(e, Terminated) else type(e).__name__
-            print(f"vgp: {folder}: interrupted ({why}); the rows of every recorded step are in its .partial files",
-                  file=sys.stderr)
+                try:  # no room for a new file: overwrite the old one's blocks
+                    with open(folder / "meta.json", "w") as f:
+                        f.write(meta)
+                except OSError as err2:
+                    problems.append(f"meta.json: {err}; {err2}")
+            if problems:
+                print(f"vgp: {folder}: the run ended ({status}: {e!r}) but this could not be recorded: "
+                      + "; ".join(problems), file=sys.stderr)
+            elif status == "interrupted" and not quiet:
+                why = f"signal {e.code - 128}" if isinstance(e, Terminated) else type(e).__name__
+                print(f"vgp: {folder}: interrupted ({why}); the rows of every recorded step are in its .partial files",
+                      file=sys.stderr)
     except BaseException:  # the handler must not replace the run's own exception
         pass
     finally:
