@@ -144,13 +144,12 @@ def _norms(tensors: list[torch.Tensor], dtype: torch.dtype | None = None) -> tor
 @functools.lru_cache(maxsize=32)
 def _row_plan(shapes: tuple) -> tuple:
     """For stacked tensors of these shapes (K, ...): which take rows (a weight's (K, out, in): rows of
-    ``in``; a bias: one row per member) of at most ROW_MAX entries, their row lengths, the segment of
-    every row, and the norm below which a member's float32 rows are not trusted (record._floors)."""
+    ``in``; a bias: one row per member) of at most ROW_MAX entries, their row lengths, and the
+    entries of one member's slice of each."""
     per = [math.prod(sh[1:]) for sh in shapes]
     cols = [sh[-1] if len(sh) > 2 else n for sh, n in zip(shapes, per)]
     fast = [p for p, c in enumerate(cols) if 0 < c <= record.ROW_MAX]
-    seg = record._segments(tuple(per[p] // cols[p] for p in fast))
-    return fast, [cols[p] for p in fast], seg, record._floors(tuple(per[p] for p in fast))[:, None]
+    return fast, [cols[p] for p in fast], tuple(per[p] for p in fast)
 
 
 def _exact_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -162,12 +161,10 @@ def _exact_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     k = tensors[0].shape[0]
     out = torch.full((len(tensors), k), math.nan, dtype=torch.float64, device=tensors[0].device)
     if all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
-        fast, cols, seg, floor = _row_plan(tuple(tuple(t.shape) for t in tensors))
+        fast, cols, numels = _row_plan(tuple(tuple(t.shape) for t in tensors))
         if fast:
-            rows = [torch.linalg.vector_norm(tensors[p].view(k, -1, c), dim=2) for p, c in zip(fast, cols)]
-            sq = torch.cat(rows, 1).double().square_()  # (K, all rows)
-            n = sq.new_zeros(k, len(fast)).index_add_(1, seg, sq).sqrt_().T  # (len(fast), K)
-            out[fast] = torch.where((n >= floor) & (n <= record.FLOAT32_MAX), n, math.nan)  # trusted, else NaN
+            rows = [torch.linalg.vector_norm(tensors[p].view(k, -1, c), dim=2) for p, c in zip(fast, cols)]  # (K, R)
+            out[fast] = record.combine_rows(rows, numels).T  # NaN where not trusted
     redo = out.isnan().any(1)
     if redo.any():  # vanishing or exploding members, tensors without rows, a GPU: float64 outright
         for p in redo.nonzero().flatten().tolist():

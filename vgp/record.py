@@ -74,6 +74,17 @@ def _floors(numels: tuple) -> torch.Tensor:
 SMALL = 4096  # tensors of at most this many entries (biases) are summed in float64 outright
 
 
+def combine_rows(per_row: list[torch.Tensor], numels: tuple) -> torch.Tensor:
+    """Norms of P tensors from the float32 norms of their rows: ``per_row[p]`` (..., R_p), rows on
+    the last dim (leading dims: a batched model's members). Squares summed in float64; (..., P)
+    float64, NaN where the result is not :func:`_trusted` for a tensor of ``numels[p]`` entries
+    (vanishing or exploding: to be summed again in float64 by the caller)."""
+    sq = torch.cat(per_row, -1).double().square_()
+    n = sq.new_zeros(*sq.shape[:-1], len(per_row))
+    n.index_add_(-1, _segments(tuple(r.shape[-1] for r in per_row)), sq).sqrt_()
+    return torch.where((n >= _floors(numels)) & (n <= FLOAT32_MAX), n, math.nan)
+
+
 def _norms(tensors: list) -> torch.Tensor:
     """Frobenius norms, as a (N,) float64 tensor, each equal to the float64 norm of its tensor.
 
@@ -107,10 +118,7 @@ def _norms(tensors: list) -> torch.Tensor:
         out[small] = n.sqrt_()
     if large:
         per_row = [torch.linalg.vector_norm(rows[k], dim=1) for k in large]  # float32
-        sq = torch.cat(per_row).double().square_()
-        n = sq.new_zeros(len(large)).index_add_(0, _segments(tuple(len(r) for r in per_row)), sq).sqrt_()
-        floor = _floors(tuple(tensors[k].numel() for k in large))
-        out[large] = torch.where((n >= floor) & (n <= FLOAT32_MAX), n, math.nan)  # _trusted, else NaN
+        out[large] = combine_rows(per_row, tuple(tensors[k].numel() for k in large))
     redo = out.isnan()
     if redo.any():  # a Python bool: on the CPU the values are there, nothing waits
         slow = redo.nonzero().flatten().tolist()
