@@ -142,33 +142,42 @@ def test_a_signal_marks_the_run_interrupted_with_every_recorded_row_kept(tmp_pat
     assert run(cfg, out=tmp_path, quiet=True).status == "completed"
 
 
+@pytest.fixture
+def terminal_signals():
+    """SIGTERM and SIGINT at their defaults, as from a terminal, whatever pytest was started with;
+    restored afterwards."""
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+           signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+    yield
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+
+
+def _signal_after_grad_rows(monkeypatch, sig, step: int = 2) -> None:
+    """``sig`` is sent to this process right after ``step``'s grad_norms.csv rows are written."""
+    write_values = results.CsvStream.write_values
+
+    def then_signal(self, s, prefixes, values):
+        write_values(self, s, prefixes, values)
+        if s == step and self.path.name == "grad_norms.csv":
+            os.kill(os.getpid(), sig)
+
+    monkeypatch.setattr(results.CsvStream, "write_values", then_signal)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("batched_run", [False, True], ids=["alone", "batched"])
-def test_a_signal_between_a_steps_files_leaves_the_step_in_both_or_neither(tmp_path, monkeypatch, sig,
-                                                                              batched_run):
+def test_a_signal_between_a_steps_files_leaves_the_step_in_both_or_neither(tmp_path, monkeypatch, terminal_signals,
+                                                                              sig, batched_run):
     """The signal arrives right after step 2's grad_norms.csv rows are written, before its
     metrics.csv row: step 2 is written whole to both, and the run ends interrupted after it (in a
     batched group, after the first member's rows: the next member's step 2 is in neither file)."""
     from vgp import batched
 
-    write_values = results.CsvStream.write_values
-
-    def then_signal(self, step, prefixes, values):
-        write_values(self, step, prefixes, values)
-        if step == 2 and self.path.name == "grad_norms.csv":
-            os.kill(os.getpid(), sig)
-
-    monkeypatch.setattr(results.CsvStream, "write_values", then_signal)
-    # as from a terminal, whatever pytest was started with; restored below
-    old = {s: signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
-           for s in (signal.SIGTERM, signal.SIGINT)}
+    _signal_after_grad_rows(monkeypatch, sig)
     cfgs = [config.from_dict(tiny(name=f"m{i}", seed=i, train__steps=50)) for i in range(2 if batched_run else 1)]
-    try:
-        with pytest.raises((SystemExit, KeyboardInterrupt)):
-            batched.run_batched(cfgs, out=tmp_path) if batched_run else run(cfgs[0], out=tmp_path, quiet=True)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    with pytest.raises((SystemExit, KeyboardInterrupt)):
+        batched.run_batched(cfgs, out=tmp_path) if batched_run else run(cfgs[0], out=tmp_path, quiet=True)
     for i, cfg in enumerate(cfgs):
         folder = tmp_path / cfg.name
         assert results.read_status(folder) == "interrupted"
@@ -177,18 +186,14 @@ def test_a_signal_between_a_steps_files_leaves_the_step_in_both_or_neither(tmp_p
         assert list(g.groupby("step").size().index) == list(m.step) == ([0, 1, 2] if i == 0 else [0, 1])
 
 
-def test_a_second_signal_while_the_folder_is_marked_does_not_stop_the_marking(tmp_path, monkeypatch):
+def test_a_second_signal_while_the_folder_is_marked_does_not_stop_the_marking(tmp_path, monkeypatch,
+                                                                              terminal_signals):
     """SIGTERM ends the run; a Ctrl-C arrives just as meta.json is about to be marked. With another
     thread that takes signals (as PyTorch's OpenMP workers do), the kernel hands it to that thread,
     and a blocked signal mask in the main thread alone would not hold it off."""
     import threading
 
-    write_values, atomic_write = results.CsvStream.write_values, results.atomic_write
-
-    def then_sigterm(self, step, prefixes, values):
-        write_values(self, step, prefixes, values)
-        if step == 2 and self.path.name == "grad_norms.csv":
-            os.kill(os.getpid(), signal.SIGTERM)
+    atomic_write = results.atomic_write
 
     def ctrl_c_first(path, text, *args, **kwargs):
         if Path(path).name == "meta.json" and '"interrupted"' in text:
@@ -196,19 +201,15 @@ def test_a_second_signal_while_the_folder_is_marked_does_not_stop_the_marking(tm
             time.sleep(0.05)  # the other thread takes it; Python's handler then runs in the main thread
         return atomic_write(path, text, *args, **kwargs)
 
-    monkeypatch.setattr(results.CsvStream, "write_values", then_sigterm)
+    _signal_after_grad_rows(monkeypatch, signal.SIGTERM)
     monkeypatch.setattr(results, "atomic_write", ctrl_c_first)
     stop = threading.Event()
     other = threading.Thread(target=stop.wait, daemon=True)  # a thread whose signal mask blocks nothing
     other.start()
-    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL),
-           signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
     try:
         with pytest.raises(SystemExit) as ended:  # the run's own ending: SIGTERM, not the Ctrl-C
             run(config.from_dict(tiny(name="r", train__steps=50)), out=tmp_path, quiet=True)
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
         stop.set()
     assert ended.value.code == 128 + signal.SIGTERM
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
