@@ -6,6 +6,7 @@ column but the timings, equal within float32 rounding (the stacked matrix produc
 mean may round differently in the last bit, and training carries that along)."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -190,6 +191,22 @@ def test_a_member_that_diverges_ends_diverged_at_its_step_while_the_others_compl
     assert [x["status"] for x in s] == ["completed", "diverged", "completed"]
     assert 0 < s[1]["diverged_step"] < 60 and s[1]["diverged_step"] % 7 != 0  # between recorded steps
     assert s[0]["steps_done"] == 60 and s[1]["steps_done"] < 60
+
+
+@pytest.mark.parametrize("scales", [(1e-30, 1.0, 1e3), (1e-45, 0.0, 1e-38), (1.0, 1e19, 1e-3), (1.0, math.inf, 1.0),
+                                    (math.nan, 1.0, 1.0), (1e18, 1e18, 1e18), (1e18, 1e-20, 1e18), (3e18, 1.0, 1.0)])
+def test_the_cheap_divergence_norm_flags_exactly_the_members_their_own_norms_flag(scales):
+    """A step that neither records nor clips takes one norm of all members together (on the CPU)
+    where it is below 2**63; a member is flagged (not finite, as alone) exactly where its own float32
+    norm flags it, from members of 1e-45 to beyond float32's sum-of-squares range (1e19 per entry),
+    and members whose whole exceeds 2**63 while each is finite (1e18 x 110 entries: 1.05e19)."""
+    grads = [torch.stack([torch.full((10, 10), s) for s in scales]), torch.stack([torch.full((10,), s) for s in scales])]
+    own = torch.linalg.vector_norm(batched._norms(grads), dim=0)  # each member's float32 norm, as alone
+    cheap = batched._member_grad_norms(grads, len(scales), each=False)
+    assert cheap.shape == (len(scales),)
+    assert torch.equal(torch.isfinite(cheap), torch.isfinite(own))
+    sum_of_squares = [110 * s * s for s in scales]  # 110 entries per member, each s
+    assert torch.equal(torch.isfinite(own), torch.tensor([x < 3.4e38 for x in sum_of_squares]))  # nan < x: False
 
 
 def test_batchable_says_why_not(monkeypatch):

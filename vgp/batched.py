@@ -152,6 +152,22 @@ def _row_plan(shapes: tuple) -> tuple:
     return fast, [cols[p] for p in fast], tuple(per[p] for p in fast)
 
 
+SAFE_TOTAL = 2.0**63  # a float32 total norm below this: no member's float32 sum of squares overflowed
+
+
+def _member_grad_norms(grads: list[torch.Tensor], k: int, each: bool) -> torch.Tensor:
+    """(K,) each member's total gradient norm, summed in float32 as alone (the divergence flag;
+    clipping). Unless ``each`` (on a CPU step that neither records nor clips: only the flag is needed):
+    the norm of all members together where it is finite and below :data:`SAFE_TOTAL`, since then
+    every member's is finite and below it too (each member's sum of squares is part of the whole's);
+    each member's own where not (a member diverging, or exploding beyond 2**63)."""
+    if not each and grads[0].device.type == "cpu":  # reading the value back costs nothing on the CPU
+        whole = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if whole.item() < SAFE_TOTAL:
+            return whole.expand(k)
+    return torch.linalg.vector_norm(_norms(grads), dim=0)
+
+
 def _exact_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """(P, K) float64: the norm of each member's slice of each stacked tensor, equal to the float64
     norm of its float32 entries, from 1e-45 to 3.4e38 (what is recorded), taken as
@@ -313,8 +329,15 @@ def _optimizers(members, net):
     specs = [m.cfg.train.optimizer for m in members]
     if all(s == specs[0] for s in specs):
         opt = OPTIMIZERS.build(specs[0], params)
-        for group in opt.param_groups:  # one fused call per update op over the few stacked tensors
-            if "foreach" in group:  # (the same elementwise arithmetic as the per-tensor loop)
+        fused = type(opt) in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad) and \
+            params[0].device.type in ("cpu", "cuda")
+        for group in opt.param_groups:
+            # torch's fused kernel where it has one: one pass over each stacked tensor per update
+            # instead of one per operation (the update's arithmetic, rounded alike to within its
+            # last bit); else one foreach call per operation over the few stacked tensors
+            if fused:
+                group.update(fused=True, foreach=False)
+            elif "foreach" in group:
                 group["foreach"] = True
         return [opt], None
     views = [[torch.nn.Parameter(p.data[i]) for p in params] for i in range(len(members))]
@@ -379,8 +402,7 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
             losses.sum().backward()
             pending.append(losses.detach())
             grads = [p.grad for p in params]
-            norms = _norms(grads)  # (P, K)
-            gn = torch.linalg.vector_norm(norms, dim=0)  # (K,) before clipping
+            gn = _member_grad_norms(grads, k, each=recording or clip.mode != "none")  # (K,) before clipping
             if recording:  # written: float64 norms; flags and clipping: float32, as each member alone
                 norms64 = _exact_norms(grads)
                 gn64 = torch.linalg.vector_norm(norms64, dim=0)

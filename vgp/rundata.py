@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from vgp import analysis
 from vgp.errors import UserError
@@ -112,20 +111,9 @@ def read(table: pd.DataFrame, warn=analysis.warn, alone: bool = False) -> RunFil
 # -- one folder's small files ------------------------------------------------------------------
 
 def _config(folder: Path) -> dict:
-    """config.yaml by the C parser (about 6 times as fast); anything odd is read again by
-    :func:`vgp.analysis.read_yaml`, whose error names the file and what is wrong."""
+    """config.yaml (:func:`vgp.analysis.read_yaml`), {} where the folder has none."""
     path = folder / "config.yaml"
-    if not path.exists():
-        return {}
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        data = yaml.load(analysis._text(path), Loader=loader)
-    except yaml.YAMLError:
-        data = None
-    if data is None or not isinstance(data, dict) or \
-            any(not isinstance(data.get(s), (dict, type(None))) for s in ("model", "data", "train", "log")):
-        return analysis.read_yaml(path)  # raises with the reason, or returns {} for an empty file
-    return data
+    return analysis.read_yaml(path) if path.exists() else {}
 
 
 def _meta(path: Path) -> None:
