@@ -157,7 +157,7 @@ SAFE_TOTAL = 2.0**63  # a float32 total norm below this: no member's float32 sum
 
 def _member_grad_norms(grads: list[torch.Tensor], k: int, each: bool) -> torch.Tensor:
     """(K,) each member's total gradient norm, summed in float32 as alone (the divergence flag;
-    clipping). Unless ``each`` (on a CPU step that neither records nor clips: only the flag is needed):
+    clipping by norm, with ``each``). Without ``each``, on the CPU, where only the flag is needed:
     the norm of all members together where it is finite and below :data:`SAFE_TOTAL`, since then
     every member's is finite and below it too (each member's sum of squares is part of the whole's);
     each member's own where not (a member diverging, or exploding beyond 2**63)."""
@@ -402,8 +402,11 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
             losses.sum().backward()
             pending.append(losses.detach())
             grads = [p.grad for p in params]
-            gn = _member_grad_norms(grads, k, each=recording or clip.mode != "none")  # (K,) before clipping
-            if recording:  # written: float64 norms; flags and clipping: float32, as each member alone
+            # (K,) before clipping, float32, as alone: what clipping by norm scales by, and the divergence
+            # flag of a step that records nothing (a recorded step's flag: its float64 norm, as alone)
+            gn = _member_grad_norms(grads, k, each=clip.mode == "norm") if not recording or clip.mode == "norm" \
+                else None
+            if recording:  # written: float64 norms
                 norms64 = _exact_norms(grads)
                 gn64 = torch.linalg.vector_norm(norms64, dim=0)
                 values = _record(net, taps, out_grads, act, kinds, weights, biases, prev, want_act, hidden, n_layers,
@@ -414,7 +417,8 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
                     clipped = amax > clip.value
                 elif clip.mode == "norm":
                     clipped = gn + 1e-6 > clip.max_norm
-            finite.append(torch.isfinite(gn) & torch.isfinite(pending[-1]))
+            flag_norm = gn if gn is not None else gn64
+            finite.append((flag_norm <= train.FLOAT32_NORM_MAX) & torch.isfinite(pending[-1]))  # train.step_flags
             if clip.mode == "norm":  # torch.nn.utils.clip_grad_norm_, each member by its own norm
                 coef = (clip.max_norm / (gn + 1e-6)).clamp(max=1.0)
                 for g in grads:
@@ -448,26 +452,28 @@ def _train(members, net, act, task, tensors, template, t_start, started, device,
             finite.clear()
             elapsed = time.perf_counter() - t_loop
             nv = values[0].numel()
-            for i in list(alive):
-                m, row = members[i], host[i]
-                flat, (l, a, g, gc, c) = row[:nv], row[nv:nv + 5]
-                ok = row[nv + 5 + n_pending:nv + 5 + 2 * n_pending]
-                grad_csv, metrics_csv = m.streams
-                tl = test_loss[i] if test_loss is not None else None
-                ta = test_acc[i] if test_acc is not None else None
-                with results.signals_held():  # the step's rows reach both of the member's CSVs or neither
-                    grad_csv.write_values(step, grad_prefixes, [flat[j] for j in flat_index])
+            by_member = {i: host[i] for i in alive}
+            with results.signals_held():  # the step's rows reach every member's two CSVs, or none of them
+                for i, row in by_member.items():
+                    tl = test_loss[i] if test_loss is not None else None
+                    ta = test_acc[i] if test_acc is not None else None
+                    (l, a, g, gc, c), grad_csv, metrics_csv = row[nv:nv + 5], *members[i].streams
+                    grad_csv.write_values(step, grad_prefixes, [row[j] for j in flat_index])
                     metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), lr[i],
                                         round(elapsed, 4), tl, ta, 1.0, 0]])  # fp32: no loss scale, no skips
-                    for s in m.streams:
+                for i in by_member:
+                    for s in members[i].streams:
                         s.flush()
+            for i, row in by_member.items():
+                m, l = members[i], row[nv]
+                ok = row[nv + 5 + n_pending:nv + 5 + 2 * n_pending]
                 if step == 0 and "output_grad" in kinds and hidden:
-                    m.grad_ratio = template.output_grad_ratio(flat, hidden)
+                    m.grad_ratio = template.output_grad_ratio(row[:nv], hidden)
                 m.last_loss = l
                 bad = [j for j, v in enumerate(ok) if v != 1.0]
                 if bad:
                     m.diverged_step = step - n_pending + 1 + bad[0]
-                elif tl is not None and not math.isfinite(tl):
+                elif test_loss is not None and not math.isfinite(test_loss[i]):
                     m.diverged_step = step
                 if m.diverged_step is not None:
                     m.status = "diverged"
