@@ -7,8 +7,10 @@ init), then the K members' weights are stacked on a leading member dimension: a 
 weight per layer, a forward pass of ``torch.baddbmm`` on (K, B, in) inputs, each member fed its own
 batch (its own data, its own batch order). The loss is the sum of the members' own mean losses, so
 each member's gradient is its solo gradient; the optimizers vgp has are elementwise, so one
-optimizer over the stacked tensors updates each member as its own would (members whose optimizer
-arguments differ get one optimizer each, over views that share the stacked storage). Clipping by
+optimizer over the stacked tensors updates each member as its own would, to within the last bit of
+each update (torch's fused kernel for sgd, adam, adamw and adagrad: one pass over each stacked
+tensor; members whose optimizer arguments differ get one optimizer each, over views that share the
+stacked storage). Clipping by
 norm scales each member by its own total norm. The recorder's statistics are taken per member
 (:func:`vgp.record.act_stats` on (layers x members, B, U) slices), and every member writes its own
 folder with the same files, columns and statuses as :func:`vgp.train.run`; ``meta.json`` says
