@@ -153,6 +153,24 @@ def test_members_with_different_learning_rates_optimizers_and_inits(tmp_path):
     assert lrs == [0.05, 0.5, 0.003, 0.001]
 
 
+@pytest.mark.parametrize("spec", [{"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True},
+                                  {"name": "adam", "lr": 1e-3}, {"name": "adamw", "lr": 1e-3, "weight_decay": 0.1},
+                                  {"name": "adagrad", "lr": 0.05}, {"name": "rmsprop", "lr": 1e-3, "momentum": 0.5}])
+def test_one_optimizer_over_the_stacked_tensors_fused_where_torch_has_a_kernel(tmp_path, spec):
+    """Members with the same optimizer share one over the stacked tensors: torch's fused kernel for
+    sgd, adam, adamw and adagrad (rmsprop has none: foreach), with the spec's own arguments; every
+    member's CSVs equal its run alone."""
+    cfgs = cfgs_of({**BASE, "train": {**BASE["train"], "optimizer": spec}}, seed=[0, 1, 2])
+    net = torch.nn.Linear(2, 2)
+    net.weights, net.biases = [], []
+    opts, views = batched._optimizers([batched._Member(c, tmp_path) for c in cfgs], net)
+    group = opts[0].param_groups[0]
+    assert len(opts) == 1 and views is None
+    assert bool(group.get("fused")) is (spec["name"] != "rmsprop") and group["foreach"] is (spec["name"] == "rmsprop")
+    assert all(group[k] == v for k, v in spec.items() if k != "name")
+    check_against_alone(cfgs, tmp_path)
+
+
 def test_members_of_one_seed_share_their_data_and_differ_in_learning_rate(tmp_path):
     """Equal data sets are held once (seen K times, not copied K times); the runs are still those alone."""
     cfgs = cfgs_of(BASE, seed=[5, 5, 5], train__optimizer__lr=[0.01, 0.1, 1.0])

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import math
 import time
@@ -54,6 +55,8 @@ KNOWN = ("name", "out", "seed", "device", "model.arch", "model.depth", "model.wi
          "data.", "train.steps", "train.batch_size", "train.optimizer.", "train.schedule.", "train.clip.",
          "train.eval_every", "log.every", "log.kinds")
 OPTIMIZERS_OK = ("sgd", "adam", "adamw", "rmsprop", "adagrad")  # elementwise: a stacked tensor updates per member
+# the devices where torch has a fused kernel for the optimizer (Adagrad's: the CPU only)
+FUSED = {"sgd": ("cpu", "cuda"), "adam": ("cpu", "cuda"), "adamw": ("cpu", "cuda"), "adagrad": ("cpu",)}
 
 
 def _flat(cfg: config.Config) -> dict:
@@ -331,16 +334,16 @@ def _optimizers(members, net):
     specs = [m.cfg.train.optimizer for m in members]
     if all(s == specs[0] for s in specs):
         opt = OPTIMIZERS.build(specs[0], params)
-        fused = type(opt) in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad) and \
-            params[0].device.type in ("cpu", "cuda")
-        for group in opt.param_groups:
-            # torch's fused kernel where it has one: one pass over each stacked tensor per update
-            # instead of one per operation (the update's arithmetic, rounded alike to within its
-            # last bit); else one foreach call per operation over the few stacked tensors
-            if fused:
-                group.update(fused=True, foreach=False)
-            elif "foreach" in group:
-                group["foreach"] = True
+        if params[0].device.type in FUSED.get(specs[0]["name"], ()):
+            # torch's fused kernel: one pass over each stacked tensor per update instead of one per
+            # operation; the same arithmetic, rounded alike to within each update's last bit
+            takes = inspect.signature(type(opt)).parameters  # (AdamW's defaults hold a key it does not take)
+            args = {k: v for k, v in opt.defaults.items() if k in takes}
+            opt = type(opt)(params, **{**args, "fused": True, "foreach": False})
+        else:  # one foreach call per operation over the few stacked tensors
+            for group in opt.param_groups:
+                if "foreach" in group:
+                    group["foreach"] = True
         return [opt], None
     views = [[torch.nn.Parameter(p.data[i]) for p in params] for i in range(len(members))]
     return [OPTIMIZERS.build(s, v) for s, v in zip(specs, views)], views
