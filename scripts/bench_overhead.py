@@ -9,6 +9,7 @@ taken, so that drift of the machine hits every variant alike. Prints the ratios.
     python scripts/bench_overhead.py --activation gelu     # saturation from phi'(z), not from h
     python scripts/bench_overhead.py --whole-process       # whole processes: `vgp run` vs a bare script
     python scripts/bench_overhead.py --whole-process --busy 1 --steps 100   # ... beside another job
+    python scripts/bench_overhead.py --module              # vgp's MLP module against an nn.Sequential
 
 ``--whole-process`` times what a user waits for: a hand-written script (the loop below, with its
 own model and data code, importing only torch) against ``python -m vgp run`` processes, each from
@@ -23,6 +24,7 @@ default threads: "a run beside another job"), and adds the bare script with
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from bench_threads import HOG  # another PyTorch job
 from vgp import config, data as datasets
@@ -198,6 +201,33 @@ def _whole_process(args, variants: dict) -> None:
         print(f"  {name:38s} {wall:9.2f} {loop:7.2f} {outside:9.2f}  {wall / base:5.3f}x")
 
 
+def module(args) -> None:
+    """The bare loop around vgp's MLP module and around an nn.Sequential of the same layers (copies
+    of the same weights), interleaved: does vgp's module cost more than the plain container?"""
+    cfg = make_cfg(args, 1)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    d = datasets.load(cfg.data, cfg.seed).to(device)
+    model, _ = build_model(cfg.model, d)
+    if cfg.model.norm != "none" or cfg.model.skip:
+        raise SystemExit("--module compares plain MLPs (no norm, no skip connections)")
+    twin = copy.deepcopy(model)
+    plain = nn.Sequential(*[m for b in twin.blocks for m in (b.linear, b.act)], twin.out)
+    variants = {"bare loop, vgp's MLP module": model.to(device), "bare loop, nn.Sequential": plain.to(device)}
+    times = {name: [] for name in variants}
+    for rep in range(args.repeats + 1):  # the first round warms up and is not counted
+        for name, net in variants.items():
+            t = timed_steps(net, F.cross_entropy, d, cfg, device)
+            if rep:
+                times[name].append(t)
+    base = statistics.median(times["bare loop, nn.Sequential"])
+    print(f"{args.depth}-layer width-{args.width} {args.activation} MLP, batch {args.batch_size}, "
+          f"{args.steps} steps on {args.device} ({torch.get_num_threads()} threads), median of {args.repeats}:")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"  {name:30s} {1000 * med / args.steps:6.2f} ms/step  {med / base:5.3f}x nn.Sequential")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
@@ -212,11 +242,15 @@ def main():
                    help="time whole processes: a bare script against `vgp run` (set-up and finish included)")
     p.add_argument("--busy", type=int, default=0,
                    help="--whole-process: run N other PyTorch processes meanwhile (a run beside another job)")
+    p.add_argument("--module", action="store_true",
+                   help="the bare loop around vgp's MLP module against an nn.Sequential of the same layers")
     args = p.parse_args()
     if args.whole_process:
         return whole_process(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.module:
+        return module(args)
     variants = {  # name: config (None: the bare loop)
         "bare loop": None,
         "vgp, every step, all kinds": make_cfg(args, 1),
