@@ -201,6 +201,17 @@ def _whole_process(args, variants: dict) -> None:
         print(f"  {name:38s} {wall:9.2f} {loop:7.2f} {outside:9.2f}  {wall / base:5.3f}x")
 
 
+def report(args, times: dict, base: str, unit: str) -> None:
+    """Print each variant's median ms/step and its ratio to variant ``base`` (called ``unit``)."""
+    ref = statistics.median(times[base])
+    print(f"{args.depth}-layer width-{args.width} {args.activation} MLP, batch {args.batch_size}, "
+          f"{args.steps} steps on {args.device} ({torch.get_num_threads()} threads), median of {args.repeats}:")
+    width = max(map(len, times))
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"  {name:{width}s} {1000 * med / args.steps:6.2f} ms/step  {med / ref:5.3f}x {unit}")
+
+
 def module(args) -> None:
     """The bare loop around vgp's MLP module and around an nn.Sequential of the same layers (copies
     of the same weights), interleaved: does vgp's module cost more than the plain container?"""
@@ -220,12 +231,7 @@ def module(args) -> None:
             t = timed_steps(net, F.cross_entropy, d, cfg, device)
             if rep:
                 times[name].append(t)
-    base = statistics.median(times["bare loop, nn.Sequential"])
-    print(f"{args.depth}-layer width-{args.width} {args.activation} MLP, batch {args.batch_size}, "
-          f"{args.steps} steps on {args.device} ({torch.get_num_threads()} threads), median of {args.repeats}:")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:30s} {1000 * med / args.steps:6.2f} ms/step  {med / base:5.3f}x nn.Sequential")
+    report(args, times, "bare loop, nn.Sequential", "nn.Sequential")
 
 
 def main():
@@ -266,12 +272,7 @@ def main():
         for _ in range(args.repeats):
             for name, cfg in variants.items():
                 times[name].append(bare(make_cfg(args, 1)) if cfg is None else vgp_loop(cfg, out))
-    base = statistics.median(times["bare loop"])
-    print(f"{args.depth}-layer width-{args.width} {args.activation} MLP, batch {args.batch_size}, "
-          f"{args.steps} steps on {args.device} ({torch.get_num_threads()} threads), median of {args.repeats}:")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:38s} {1000 * med / args.steps:6.2f} ms/step  {med / base:5.3f}x bare")
+    report(args, times, "bare loop", "bare")
 
 
 if __name__ == "__main__":

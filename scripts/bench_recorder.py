@@ -11,7 +11,6 @@ interleaved and the median taken, so that drift of the machine hits every varian
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import vgp
+from bench_overhead import report  # the same table as bench_overhead.py
 
 ACTS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 GRADS = ["weight_grad", "bias_grad", "output_grad"]
@@ -96,12 +96,7 @@ def main():
         for _ in range(args.repeats):
             for name, v in variants.items():
                 times[name].append(loop(args, x, y, None) if v is None else loop(args, x, y, out + "/r", *v))
-    base = statistics.median(times["bare loop"])
-    print(f"{args.depth}-layer width-{args.width} {args.activation} MLP, batch {args.batch_size}, "
-          f"{args.steps} steps on {args.device} ({torch.get_num_threads()} threads), median of {args.repeats}:")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:42s} {1000 * med / args.steps:6.2f} ms/step  {med / base:5.3f}x bare")
+    report(args, times, "bare loop", "bare")
 
 
 if __name__ == "__main__":
