@@ -5,6 +5,7 @@ other entries' claims are tested in tests/test_gallery_<subject>.py."""
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -106,6 +107,24 @@ def test_gallery_trains_measures_draws_and_writes_the_page(tmp_path, monkeypatch
     gallery.run(out=out, doc=doc, jobs=2, quiet=True, say=lines.append)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert "| **held** | 4/4 |" in doc.read_text()
+
+
+def test_the_published_page_is_written_only_when_every_entry_has_runs(tmp_path, monkeypatch):
+    """The default full run writes docs/gallery.md, but not from a results folder where an entry has
+    no runs (a fresh clone after `vgp gallery NAME` or `--no-train`): that page goes to
+    results/gallery/gallery.md, and the message says why and how to write it anyway."""
+    from conftest import ROOT
+
+    _tiny_entry(tmp_path, monkeypatch, ROOT / "configs" / "quickstart.yaml")
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    page = gallery.run(jobs=2, quiet=True, train=False, say=lines.append)
+    assert page == Path("results", "gallery", "gallery.md") and page.exists() and not Path("docs").exists()
+    assert lines[-1] == ("1 of 1 entries have no finished runs in results/gallery (tiny-entry): the page goes to "
+                         "results/gallery/gallery.md, not docs/gallery.md (--doc docs/gallery.md to write it there "
+                         "anyway)")
+    assert gallery.run(jobs=2, quiet=True, say=lines.append) == Path("docs", "gallery.md")  # trained: every entry
+    assert "| **held** | 4/4 |" in Path("docs", "gallery.md").read_text()
 
 
 def test_quick_goes_to_its_own_folder_and_page_and_unrun_entries_are_listed(tmp_path, monkeypatch):

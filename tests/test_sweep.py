@@ -285,11 +285,15 @@ def test_a_worker_killed_mid_run_fails_that_run_only(tmp_path):
     while not running:  # a run a worker is in the middle of (each takes about a second)
         running = [(i, m["pid"]) for i, m in metas(sweep_dir).items() if m["status"] == "running"
                    and m["pid"] in workers]
-    victim, pid = running[0]
+    _, pid = running[0]
     os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     after = metas(sweep_dir)
-    assert [i for i, m in after.items() if m["status"] == "failed"] == [victim]  # that run only
+    failed = [i for i, m in after.items() if m["status"] == "failed"]
+    # that run only: the one the killed worker was in (on a loaded machine, maybe the next one it started)
+    assert len(failed) == 1 and after[failed[0]]["pid"] == pid, after
+    victim = failed[0]
     assert "worker process running it died" in (sweep_dir / "runs" / victim / "error.txt").read_text()
+    assert after[victim]["started"] and after[victim]["ended"] and after[victim]["argv"]  # its own record kept
     assert sum(m["status"] == "completed" for m in after.values()) == 5

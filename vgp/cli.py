@@ -397,8 +397,9 @@ def gallery(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="worker processes (default: one per core)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="results folder (default: results/gallery, "
                                                                  "with --quick results/gallery-quick)"),
-    doc: Optional[Path] = typer.Option(None, "--doc", help="the page to write (default: docs/gallery.md; with "
-                                                           "--quick or --out: OUT/gallery.md)"),
+    doc: Optional[Path] = typer.Option(None, "--doc", help="the page to write (default: docs/gallery.md when "
+                                                           "every entry has runs; else, or with --quick or --out: "
+                                                           "OUT/gallery.md)"),
     train: bool = typer.Option(True, "--train/--no-train", help="--no-train: only measure what the folders hold "
                                                                 "and write the page"),
     list_: bool = typer.Option(False, "--list", help="list the entries and exit"),

@@ -160,9 +160,11 @@ def run(names=(), quick: bool = False, jobs: int | None = None, out: Path | None
     measure every entry whose folder holds runs, and write the page (``doc``). Returns the page's path.
 
     ``out`` defaults to ``results/gallery`` (``results/gallery-quick`` with ``quick``), ``doc`` to
-    ``docs/gallery.md`` for the default full run and to ``<out>/gallery.md`` otherwise (``quick`` or
-    another ``out``), so that only the default full run rewrites the published page. ``say``: where progress lines go (default: standard error). Raises UserError for
-    an unknown entry name."""
+    ``docs/gallery.md`` for the default full run when every entry has finished runs to measure, and
+    to ``<out>/gallery.md`` otherwise (``quick``, another ``out``, or entries without runs, as in a
+    fresh clone after ``vgp gallery NAME``: the published page is not replaced by one that says
+    "not run yet" for entries measured elsewhere). ``say``: where progress lines go (default:
+    standard error). Raises UserError for an unknown entry name."""
     import sys
     import time
 
@@ -173,7 +175,6 @@ def run(names=(), quick: bool = False, jobs: int | None = None, out: Path | None
     chosen = {e.name for e in entries(names)}
     published = out is None and not quick  # only the default full run writes the published page
     out = Path(out) if out is not None else Path("results") / ("gallery-quick" if quick else "gallery")
-    doc = Path(doc) if doc is not None else (Path("docs") / "gallery.md" if published else out / "gallery.md")
     for e in ENTRIES.values():  # every header readable before anything trains
         e.header()
     outcomes = []
@@ -187,4 +188,10 @@ def run(names=(), quick: bool = False, jobs: int | None = None, out: Path | None
         say(f"[{i}/{len(ENTRIES)}] {e.name}: {o.finished}/{o.runs} runs, {verdict} "
             f"({time.perf_counter() - t0:.0f} s)")
         outcomes.append(o)
-    return docmod.write(outcomes, doc, out, quick)
+    if doc is None:
+        unrun = [o.entry.name for o in outcomes if o.finding is None]
+        doc = Path("docs") / "gallery.md" if published and not unrun else out / "gallery.md"
+        if published and unrun:
+            say(f"{len(unrun)} of {len(outcomes)} entries have no finished runs in {out} ({', '.join(unrun)}): "
+                f"the page goes to {doc}, not docs/gallery.md (--doc docs/gallery.md to write it there anyway)")
+    return docmod.write(outcomes, Path(doc), out, quick)

@@ -11,6 +11,7 @@ memory) fails only the run it was running; the others go on in a fresh pool.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -214,7 +215,13 @@ def _after_crash(cell, runs: Path) -> Outcome:
             if got:
                 msg = "the worker process running it died (killed, or out of memory)"
                 results.atomic_write(folder / "error.txt", msg + "\n")
-                results.write_json(folder / "meta.json", {"status": "failed", "error": msg})
+                try:  # what the run said of itself (device, pid, start, ...) stays
+                    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    meta = None
+                meta = meta if isinstance(meta, dict) else {}
+                results.write_json(folder / "meta.json", {**meta, "status": "failed", "error": msg,
+                                                          "ended": results.now()})
                 return Outcome(cell.id, "failed", msg)
     if status == "failed":
         return Outcome(cell.id, "failed")
