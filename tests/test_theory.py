@@ -106,6 +106,52 @@ def test_fixed_point_and_chi1_match_quadrature(name, sw2, sb2):
     assert theory.chi1(name, sw2, sb2) == pytest.approx(quad_chi1(name, sw2, sb2), rel=1e-9)
 
 
+def _expectation_by_quad(f, q: float) -> float:
+    """E[f(sqrt(q) Z)] by scipy's adaptive quadrature over u = sqrt(q) Z: [-60, 60] around the peak at
+    0 where the activations change, then the tails out to 12 sqrt(q), a decade at a time."""
+    s = math.sqrt(q)
+    g = lambda u: float(f(np.array([u]))[0]) * math.exp(-u * u / (2 * q)) / math.sqrt(2 * math.pi * q)  # noqa: E731
+    core = min(60.0, 12 * s)
+    edges = [core]
+    while edges[-1] < 12 * s:
+        edges.append(min(edges[-1] * 10, 12 * s))
+    parts = [(-core, 0.0), (0.0, core)] + [(lo, hi) for lo, hi in zip(edges, edges[1:])] + \
+        [(-hi, -lo) for lo, hi in zip(edges, edges[1:])]
+    return sum(integrate.quad(g, a, b, limit=500, epsabs=0, epsrel=1e-12)[0] for a, b in parts)
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "softsign", "gelu", "silu", "elu", "selu", "softplus"])
+def test_slope_and_forward_variances_hold_from_tiny_to_huge_pre_activation_variances(name):
+    """E[phi'(sqrt(q) Z)^2] and E[phi(sqrt(q) Z)^2] equal an independent adaptive quadrature to 1e-10
+    from q = 1e-2 to 1e12. At large q the slope's peak at 0 is 1/sqrt(q) wide: tanh's chi_1 came out
+    1,000x too small at q = 1e8 and 0 at 1e10 (then 1/ln(chi_1) raised), on a fixed rule."""
+    act = theory._act(name)
+    for q in (1e-2, 1.0, 30.0, 1e2, 1e4, 1e6, 1e8, 1e10, 1e12):
+        assert theory.slope_var(act, q) == pytest.approx(_expectation_by_quad(lambda x: act.dphi(x) ** 2, q),
+                                                         rel=1e-10), q
+        assert theory.forward_var(act, q) == pytest.approx(_expectation_by_quad(lambda x: act.phi(x) ** 2, q),
+                                                           rel=1e-10), q
+    if name == "tanh":  # and the large-q limit, (4/3) / sqrt(2 pi q) (the integral of sech^4), to its 1/q term
+        for q in (1e4, 1e8, 1e12):
+            assert theory.slope_var(act, q) == pytest.approx(4 / 3 / math.sqrt(2 * math.pi * q), rel=1 / q)
+
+
+def test_a_saturated_tanh_net_gets_a_prediction_not_an_error():
+    """Weights of std 1e4 at width 256 (sigma_w^2 = 2.56e10): every tanh unit saturated, chi_1 about
+    0.53 sigma_w (chaotic), a finite depth scale; the diagnosis's theory used to raise on it."""
+    from vgp.analysis import Run, theory_for
+
+    cfg = config.to_dict(config.from_dict(tiny(model__depth=5, model__width=256, model__activation="tanh",
+                                               model__init={"name": "normal", "std": 1e4})))
+    t = theory_for(Run(None, cfg, None, None, None, None), [1, 2, 3, 4, 5])
+    assert t["applies"] and t["phase"] == "chaotic"
+    sw2 = t["weight_var"]
+    # q* = sigma_w^2 E[tanh^2] is sigma_w^2 to within a few 1e-6 (tanh^2 is 1 but within 1/sqrt(q*) of 0)
+    assert sw2 == pytest.approx(2.56e10) and t["chi1"] == pytest.approx(sw2 * 4 / 3 / math.sqrt(2 * math.pi * sw2),
+                                                                          rel=1e-5)
+    assert 0 < t["depth_scale"] < 1
+
+
 def test_chi1_matches_monte_carlo():
     rng = np.random.default_rng(0)
     z = rng.standard_normal(2_000_000)

@@ -40,10 +40,34 @@ from vgp.errors import UserError
 # kink at 0 (relu family, elu, selu, softsign) and misses the narrow peak of phi'(sqrt(q) z) at large
 # q; split at the kink, the rule converges fast, and its nodes crowd toward 0, where that peak is.
 # The mass beyond |z| = 12 is 4e-33.
-_N_NODES, _Z_MAX = 240, 12.0
-_Z, _W = np.polynomial.legendre.leggauss(_N_NODES)
-_Z = (_Z + 1) * _Z_MAX / 2
-_W = _W * _Z_MAX / 2 * np.exp(-_Z ** 2 / 2) / math.sqrt(2 * math.pi)
+# At large q the peak of phi'(sqrt(q) z), of width about 1/sqrt(q), falls between the nodes (tanh at
+# q = 1e8 came out 1,000x too small, at 1e10 zero): there the half-line is split at z = _U_SETTLED /
+# sqrt(q), beyond which every activation has settled into its tails, and then by decades, each part
+# with the rule (:func:`_nodes`).
+_N_NODES, _Z_MAX, _U_SETTLED = 240, 12.0, 40.0
+_X, _V = np.polynomial.legendre.leggauss(_N_NODES)  # on [-1, 1]
+
+
+def _on(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes on [lo, hi] and their weights times the normal density."""
+    z = lo + (_X + 1) * (hi - lo) / 2
+    return z, _V * (hi - lo) / 2 * np.exp(-z ** 2 / 2) / math.sqrt(2 * math.pi)
+
+
+_Z, _W = _on(0.0, _Z_MAX)
+
+
+def _nodes(q: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rule on the half-line for E[f(sqrt(q) Z)]: one part up to q = (_U_SETTLED / _Z_MAX)^2
+    (about 11), else parts [0, a], [a, 10a], [10a, 100a], ... up to _Z_MAX, a = _U_SETTLED /
+    sqrt(q): the first resolves a peak of width 1/sqrt(q) at 0 (|u| <= 40), the others the tails,
+    a decade each (softsign's phi'^2 = (1 + |u|)^-4 falls as a power over all of them)."""
+    a = _U_SETTLED / math.sqrt(q) if q > 0 else _Z_MAX
+    if a >= _Z_MAX:
+        return _Z, _W
+    edges = [0.0, *(a * 10.0 ** k for k in range(math.ceil(math.log10(_Z_MAX / a)))), _Z_MAX]
+    parts = [_on(lo, hi) for lo, hi in zip(edges, edges[1:])]
+    return np.concatenate([z for z, _ in parts]), np.concatenate([w for _, w in parts])
 
 CRITICAL_TOL = 1e-3  # |chi_1 - 1| below this: the critical phase
 Q_INF = 1e12  # a forward variance above this is taken as diverging (no finite fixed point)
@@ -153,14 +177,16 @@ def gauss(f, q: float) -> float:
     """E[f(sqrt(q) Z)] for Z ~ N(0, 1), f a torch function; Gaussian quadrature in float64."""
     import torch
 
-    x = math.sqrt(max(q, 0.0)) * torch.from_numpy(_Z)
-    return float(torch.sum(torch.from_numpy(_W) * (f(x) + f(-x))))
+    z, w = _nodes(q)
+    x = math.sqrt(max(q, 0.0)) * torch.from_numpy(z)
+    return float(torch.sum(torch.from_numpy(w) * (f(x) + f(-x))))
 
 
 def _gauss(f, q: float) -> float:
     """``gauss`` for f a numpy function (what the theory itself integrates)."""
-    x = math.sqrt(max(q, 0.0)) * _Z
-    return float(_W @ (f(x) + f(-x)))
+    z, w = _nodes(q)
+    x = math.sqrt(max(q, 0.0)) * z
+    return float(w @ (f(x) + f(-x)))
 
 
 def forward_var(activation, q: float) -> float:
@@ -218,7 +244,10 @@ def phase(chi: float, tol: float = CRITICAL_TOL) -> str:
 
 def depth_scale(chi: float) -> float:
     """Layers over which E||dLoss/dz||^2 changes by a factor e: 1/|ln chi_1| (Schoenholz et al.'s
-    xi_grad); infinite at criticality. A net much deeper than this cannot pass gradients through."""
+    xi_grad); infinite at criticality, 0 where chi_1 is 0. A net much deeper than this cannot pass
+    gradients through."""
+    if chi <= 0:
+        return 0.0
     return math.inf if chi == 1 else 1 / abs(math.log(chi))
 
 
