@@ -136,6 +136,19 @@ def test_slope_and_forward_variances_hold_from_tiny_to_huge_pre_activation_varia
             assert theory.slope_var(act, q) == pytest.approx(4 / 3 / math.sqrt(2 * math.pi * q), rel=1 / q)
 
 
+def test_deep_in_the_chaotic_phase_the_correlation_slope_factorises_and_tends_to_2_over_pi():
+    """tanh without biases: c* = 0, so chi_c = sigma_w^2 E[tanh'(sqrt(q*) Z)]^2 (Z's two copies
+    independent), a one-dimensional integral, here by scipy's quadrature; and as sigma_w^2 grows tanh
+    acts as sign, whose correlation map (2/pi) arcsin(c) has slope 2/pi at 0, so xi_c -> -1/ln(2/pi).
+    The two-dimensional rule missed the peak at large q: chi_c was 0.18 at sigma_w^2 = 1e6, 3e-26 at 1e8."""
+    for sw2 in (1e2, 1e4, 1e6, 1e8):
+        q = theory.q_star("tanh", sw2, 0.0)
+        slope = _expectation_by_quad(lambda x: 1 / np.cosh(np.minimum(np.abs(x), 300)) ** 2, q)
+        assert theory.c_star("tanh", sw2, 0.0) == pytest.approx(0.0, abs=1e-12)
+        assert theory.chi_c("tanh", sw2, 0.0) == pytest.approx(sw2 * slope ** 2, rel=1e-9), sw2
+    assert theory.correlation_depth("tanh", 1e8, 0.0) == pytest.approx(-1 / math.log(2 / math.pi), rel=1e-3)
+
+
 def test_a_saturated_tanh_net_gets_a_prediction_not_an_error():
     """Weights of std 1e4 at width 256 (sigma_w^2 = 2.56e10): every tanh unit saturated, chi_1 about
     0.53 sigma_w (chaotic), a finite depth scale; the diagnosis's theory used to raise on it."""
