@@ -163,6 +163,14 @@ def test_a_saturated_tanh_net_gets_a_prediction_not_an_error():
     assert sw2 == pytest.approx(2.56e10) and t["chi1"] == pytest.approx(sw2 * 4 / 3 / math.sqrt(2 * math.pi * sw2),
                                                                           rel=1e-5)
     assert 0 < t["depth_scale"] < 1
+    # std 1e5 (sigma_w^2 = 2.56e12): a bounded activation's q* is finite however large sigma_w^2 is
+    # (a fixed bound of 1e12 on q had called it diverging, and chi_1 was taken at q = 1e12: 1.6x off)
+    sw2 = 2.56e12
+    q = theory.q_star("tanh", sw2, 0.0)
+    assert q == pytest.approx(sw2, rel=1e-5)
+    assert theory.chi1("tanh", sw2, 0.0) == pytest.approx(sw2 * 4 / 3 / math.sqrt(2 * math.pi * q), rel=1e-9)
+    assert theory.profile("tanh", sw2, 0.0, 3).ratio[-1] == pytest.approx(math.sqrt(theory.chi1("tanh", sw2, 0.0)),
+                                                                          rel=1e-6)
 
 
 def test_chi1_matches_monte_carlo():

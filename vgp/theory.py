@@ -71,7 +71,7 @@ def _nodes(q: float, rule=(_X, _V)) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([z for z, _ in parts]), np.concatenate([w for _, w in parts])
 
 CRITICAL_TOL = 1e-3  # |chi_1 - 1| below this: the critical phase
-Q_INF = 1e12  # a forward variance above this is taken as diverging (no finite fixed point)
+Q_INF = 1e12  # a forward variance this many times its first layer's (at least 1) diverges: no fixed point
 MAX_DEPTH = 10_000  # layers of a printed profile (10,000 take about half a second)
 MAX_VAR = 1e8  # sigma_w^2, sigma_b^2: beyond this tanh's q* is too large for the quadrature (chi_1 -> 0)
 
@@ -213,9 +213,10 @@ def q_star(activation, weight_var: float, bias_var: float, input_var: float = 1.
     """
     act = _act(activation)
     q = weight_var * input_var + bias_var
+    limit = Q_INF * max(q, 1.0)  # relative: a bounded phi at sigma_w^2 = 1e14 has q* near 1e14, finite
     for _ in range(max_iter):
         new = weight_var * forward_var(act, q) + bias_var
-        if not math.isfinite(new) or new > Q_INF:
+        if not math.isfinite(new) or new > limit:
             return math.inf
         if abs(new - q) <= tol * max(q, 1e-300):
             return new
@@ -392,10 +393,11 @@ def profile(activation, weight_vars, bias_vars, depth: int | None = None, input_
         raise ValueError(f"need {depth + 1} weight and bias variances, got {len(sw)} and {len(sb)}")
     qs, ratios = [], []
     q = sw[0] * input_var + sb[0]
+    cap = Q_INF * max(q, 1.0)  # where a diverging variance is held (as in q_star)
     for l in range(depth):  # hidden layer l+1
         qs.append(q)
-        ratios.append(math.sqrt(sw[l + 1] * slope_var(act, min(q, Q_INF))))
-        q = sw[l + 1] * forward_var(act, min(q, Q_INF)) + sb[l + 1]
+        ratios.append(math.sqrt(sw[l + 1] * slope_var(act, min(q, cap))))
+        q = sw[l + 1] * forward_var(act, min(q, cap)) + sb[l + 1]
     norm = [1.0]
     for r in reversed(ratios):
         norm.append(norm[-1] * r)
