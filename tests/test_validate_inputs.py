@@ -201,7 +201,7 @@ def test_non_finite_override(tmp_path):
     (["--weight-var", "nan"], "--weight-var: must be a finite number > 0"),
     (["--weight-var", "inf"], "--weight-var: must be a finite number > 0"),
     (["--weight-var", "0"], "--weight-var: must be a finite number > 0"),
-    (["--weight-var", "1e100"], "<= 1e+08"),
+    (["--weight-var", "1e100"], "<= 1e+12"),
     (["--weight-var", "1", "--bias-var", "inf"], "--bias-var: must be a finite number >= 0"),
     (["--weight-var", "1", "--bias-var", "-1"], "--bias-var: must be a finite number >= 0"),
     (["--weight-var", "1", "--depth", "100000000"], "--depth: 100000000 layers; the profile is computed for 0 to"),
