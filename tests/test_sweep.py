@@ -281,19 +281,26 @@ def test_a_worker_killed_mid_run_fails_that_run_only(tmp_path):
     sweep_dir = tmp_path / "s"
     proc = _start_and_wait([path, "--out", tmp_path, "-j", "2", "-q", "--no-batch"], sweep_dir, 1)
     workers = [p for p in _descendants(proc.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+    def mid_loop(run: str) -> bool:  # 20 to 200 of its 400 steps done: it is not about to finish
+        try:
+            steps = (sweep_dir / "runs" / run / "metrics.csv.partial").read_text().count("\n") - 1
+        except OSError:
+            return False
+        return 20 <= steps <= 200
+
     running = []
-    while not running:  # a run a worker is in the middle of (each takes about a second)
+    while not running:  # a run a worker is in the middle of (each takes about a second); a run read as
+        # running in its last moments could finish before the kill, which then hits an idle worker
         running = [(i, m["pid"]) for i, m in metas(sweep_dir).items() if m["status"] == "running"
-                   and m["pid"] in workers]
-    _, pid = running[0]
+                   and m["pid"] in workers and mid_loop(i)]
+    victim, pid = running[0]
     os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     after = metas(sweep_dir)
-    failed = [i for i, m in after.items() if m["status"] == "failed"]
-    # that run only: the one the killed worker was in (on a loaded machine, maybe the next one it started)
-    assert len(failed) == 1 and after[failed[0]]["pid"] == pid, after
-    victim = failed[0]
+    assert [i for i, m in after.items() if m["status"] == "failed"] == [victim], after  # that run only
+    assert after[victim]["pid"] == pid
     assert "worker process running it died" in (sweep_dir / "runs" / victim / "error.txt").read_text()
     assert after[victim]["started"] and after[victim]["ended"] and after[victim]["argv"]  # its own record kept
     assert sum(m["status"] == "completed" for m in after.values()) == 5
