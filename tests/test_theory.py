@@ -149,20 +149,52 @@ def test_deep_in_the_chaotic_phase_the_correlation_slope_factorises_and_tends_to
     assert theory.correlation_depth("tanh", 1e8, 0.0) == pytest.approx(-1 / math.log(2 / math.pi), rel=1e-3)
 
 
-def test_a_saturated_tanh_net_gets_a_prediction_not_an_error():
+def test_participation_ratio_closed_forms_and_the_saturated_limit():
+    """relu passes the backward signal through half the units, a linear net through all; tanh at
+    large q through about (16/9)/(32/35) / sqrt(2 pi q) of them (the integrals of sech^4 and sech^8)."""
+    assert theory.participation("relu", 1.7) == pytest.approx(0.5, rel=1e-12)
+    assert theory.participation("identity", 3.0) == pytest.approx(1.0, rel=1e-12)
+    for q in (1e4, 1e8, 1e12):
+        want = (16 / 9) / (32 / 35) / math.sqrt(2 * math.pi * q)
+        assert theory.participation("tanh", q) == pytest.approx(want, rel=10 / q + 1e-9), q
+
+
+def test_a_finite_net_too_saturated_for_mean_field_is_said_so(tmp_path, cli):
+    """A 20-layer sigmoid net with weights of std 1e4 at width 128: the theory (infinite width) calls it
+    chaotic, chi_1 about 1e4, but about 0.003 of its units per layer pass the gradient, and the run's
+    gradients vanish to 0 instead. Its diagnosis says the theory does not apply, and why; `vgp theory`
+    on the config adds the note; a net of ordinary weights gets neither."""
+    raw = tiny(model__depth=20, model__width=128, model__activation="sigmoid", train__steps=2,
+               log__every=1, model__init={"name": "normal", "std": 1e4})
+    res = run(config.from_dict(raw), out=tmp_path, quiet=True)
+    s = res.summary
+    assert s["verdict"] == "vanishing" and not isinstance(s["theory_phase"], str)  # no prediction beside it
+    from vgp import analysis
+
+    t = analysis.diagnose(res.folder)["theory"]
+    assert not t["applies"] and re.match(r"at width 128 about 0\.00\d+ units of layer \d+ pass the gradient", t["reason"])
+    r = cli("theory", str(res.folder / "config.yaml"))
+    assert r.returncode == 0 and "note: at width 128 about 0.00" in r.stdout and "phase                 chaotic" in r.stdout
+    ordinary = theory.from_config(config.to_dict(config.from_dict({**raw, "model": {**raw["model"], "init": "default"}})))
+    assert theory.too_few_units(ordinary) is None
+
+
+def test_a_saturated_tanh_net_gets_numbers_not_an_error():
     """Weights of std 1e4 at width 256 (sigma_w^2 = 2.56e10): every tanh unit saturated, chi_1 about
-    0.53 sigma_w (chaotic), a finite depth scale; the diagnosis's theory used to raise on it."""
+    0.53 sigma_w (chaotic), a finite depth scale (1/ln(chi_1) raised on a chi_1 of 0); the run's
+    diagnosis says the theory does not apply at this width (about 0.001 units pass the gradient),
+    instead of raising."""
     from vgp.analysis import Run, theory_for
 
     cfg = config.to_dict(config.from_dict(tiny(model__depth=5, model__width=256, model__activation="tanh",
                                                model__init={"name": "normal", "std": 1e4})))
     t = theory_for(Run(None, cfg, None, None, None, None), [1, 2, 3, 4, 5])
-    assert t["applies"] and t["phase"] == "chaotic"
-    sw2 = t["weight_var"]
+    assert not t["applies"] and "units of layer" in t["reason"]
+    sw2 = theory.from_config(cfg).hidden[0]
+    chi = theory.chi1("tanh", sw2, 0.0)
     # q* = sigma_w^2 E[tanh^2] is sigma_w^2 to within a few 1e-6 (tanh^2 is 1 but within 1/sqrt(q*) of 0)
-    assert sw2 == pytest.approx(2.56e10) and t["chi1"] == pytest.approx(sw2 * 4 / 3 / math.sqrt(2 * math.pi * sw2),
-                                                                          rel=1e-5)
-    assert 0 < t["depth_scale"] < 1
+    assert sw2 == pytest.approx(2.56e10) and chi == pytest.approx(sw2 * 4 / 3 / math.sqrt(2 * math.pi * sw2), rel=1e-5)
+    assert theory.phase(chi) == "chaotic" and 0 < theory.depth_scale(chi) < 1
     # std 1e5 (sigma_w^2 = 2.56e12): a bounded activation's q* is finite however large sigma_w^2 is
     # (a fixed bound of 1e12 on q had called it diverging, and chi_1 was taken at q = 1e12: 1.6x off)
     sw2 = 2.56e12

@@ -248,6 +248,8 @@ def theory(
     if weight_var is None:
         raise UserError("give --weight-var, --critical or a config file")
     out = th.predict(act, weight_var, bias_var, depth, setting if config is not None and not critical else None)
+    few = th.too_few_units(setting) if setting is not None and not critical else None
+    notes = [*notes, *([few] if few else [])]
     if notes:
         out["notes"] = notes
     if json_:

@@ -436,6 +436,7 @@ class Setting:
     weight_vars: list[float]
     bias_vars: list[float]
     notes: list[str]
+    width: int | None = None  # the hidden layers' units
 
     @property
     def depth(self) -> int:
@@ -534,7 +535,37 @@ def from_config(cfg: dict, in_size: int | None = None, out_size: int | None = No
         sb.append(_bias_var(m["bias_init"], fi))
         if note and note not in notes:
             notes.append(note)
-    return Setting(m["activation"], sw, sb, notes)
+    return Setting(m["activation"], sw, sb, notes, width)
+
+
+def participation(activation, q: float) -> float:
+    """E[phi'(sqrt(q) Z)^2]^2 / E[phi'(sqrt(q) Z)^4]: the fraction of a layer's units through which
+    its backward signal passes (the participation ratio of phi'(z_i)^2 over the units i; 1/2 for relu,
+    1 for a linear net). Mean-field theory (Poole et al. 2016; Schoenholz et al. 2017) takes
+    sum_i phi'(z_i)^2 as N E[phi'^2], which needs many units to take part. A saturating activation at
+    large q passes the signal only through the units whose |z| is within about 1 of 0: tanh's ratio is
+    about 1.94 / sqrt(2 pi q) there (the integrals of sech^4 and sech^8, 4/3 and 32/35)."""
+    act = _act(activation)
+    second = _gauss(lambda x: act.dphi(x) ** 2, q)
+    fourth = _gauss(lambda x: act.dphi(x) ** 4, q)
+    return second * second / fourth if fourth > 0 else 0.0
+
+
+def too_few_units(setting: Setting) -> str | None:
+    """Why the mean-field prediction cannot describe this net at its width, or None: a hidden layer
+    whose width times its :func:`participation` at the predicted q_l is below 1, where a finite
+    net's gradient can vanish outright (no unit outside saturation) while the theory predicts a
+    finite chi_1, even a chaotic one."""
+    if not setting.width or setting.depth < 1:
+        return None
+    act = _act(setting.activation)
+    p = profile(act, setting.weight_vars, setting.bias_vars)
+    units, layer = min((setting.width * participation(act, q), l + 1) for l, q in enumerate(p.q))
+    if units >= 1:
+        return None
+    return (f"at width {setting.width} about {units:.2g} units of layer {layer} pass the gradient "
+            f"(q = {p.q[layer - 1]:.3g}; width x E(phi'^2)^2 / E(phi'^4)): the mean-field prediction sums over "
+            f"many, and a net this saturated can lose its gradient outright instead")
 
 
 def describe(p: dict) -> str:
