@@ -26,6 +26,7 @@ Example: tanh with sigma_b^2 = 0.05 is critical at sigma_w^2 = 1.76 (Schoenholz 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -45,29 +46,41 @@ from vgp.errors import UserError
 # sqrt(q), beyond which every activation has settled into its tails, and then by decades, each part
 # with the rule (:func:`_nodes`).
 _N_NODES, _Z_MAX, _U_SETTLED = 240, 12.0, 40.0
-_X, _V = np.polynomial.legendre.leggauss(_N_NODES)  # on [-1, 1]
 
 
-def _on(lo: float, hi: float, rule=(_X, _V)) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=None)
+def _legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes and weights of n points on [-1, 1]."""
+    return np.polynomial.legendre.leggauss(n)
+
+
+def _on(lo: float, hi: float, n: int = _N_NODES) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Legendre nodes on [lo, hi] and their weights times the normal density."""
-    x, v = rule
+    x, v = _legendre(n)
     z = lo + (x + 1) * (hi - lo) / 2
     return z, v * (hi - lo) / 2 * np.exp(-z ** 2 / 2) / math.sqrt(2 * math.pi)
 
 
-_Z, _W = _on(0.0, _Z_MAX)
+@functools.lru_cache(maxsize=None)
+def _whole(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rule on [0, _Z_MAX] in one part (small q: most calls), computed once per n."""
+    return _on(0.0, _Z_MAX, n)
 
 
-def _nodes(q: float, rule=(_X, _V)) -> tuple[np.ndarray, np.ndarray]:
+_Z, _W = _whole(_N_NODES)
+
+
+def _nodes(q: float, n: int = _N_NODES) -> tuple[np.ndarray, np.ndarray]:
     """The rule on the half-line for E[f(sqrt(q) Z)]: one part up to q = (_U_SETTLED / _Z_MAX)^2
     (about 11), else parts [0, a], [a, 10a], [10a, 100a], ... up to _Z_MAX, a = _U_SETTLED /
     sqrt(q): the first resolves a peak of width 1/sqrt(q) at 0 (|u| <= 40), the others the tails,
-    a decade each (softsign's phi'^2 = (1 + |u|)^-4 falls as a power over all of them)."""
+    a decade each (softsign's phi'^2 = (1 + |u|)^-4 falls as a power over all of them). ``n``
+    nodes per part."""
     a = _U_SETTLED / math.sqrt(q) if q > 0 else _Z_MAX
     if a >= _Z_MAX:
-        return _on(0.0, _Z_MAX, rule)
+        return _whole(n)
     edges = [0.0, *(a * 10.0 ** k for k in range(math.ceil(math.log10(_Z_MAX / a)))), _Z_MAX]
-    parts = [_on(lo, hi, rule) for lo, hi in zip(edges, edges[1:])]
+    parts = [_on(lo, hi, n) for lo, hi in zip(edges, edges[1:])]
     return np.concatenate([z for z, _ in parts]), np.concatenate([w for _, w in parts])
 
 CRITICAL_TOL = 1e-3  # |chi_1 - 1| below this: the critical phase
@@ -256,7 +269,7 @@ def depth_scale(chi: float) -> float:
 # the two-dimensional rule of ``_gauss2``: on each axis a coarser version of the one-dimensional rule,
 # split alike at large q (the integrands there are smooth products; 2 x 100 nodes per axis agree with
 # 2 x 240 to 1e-13 for tanh)
-_RULE2 = np.polynomial.legendre.leggauss(100)
+_N_NODES2 = 100
 
 
 def _gauss2(f, q: float, c: float) -> float:
@@ -264,7 +277,7 @@ def _gauss2(f, q: float, c: float) -> float:
     u2 = sqrt(q) (c z1 + sqrt(1 - c^2) z2), z1, z2 independent N(0, 1). The product of the rule of
     :func:`_nodes` on each axis: exact to the rule's accuracy where f's features lie near u1 = 0 and
     u2 = 0 together, as at the chaotic phase's fixed point c* (near 0 deep in it)."""
-    z, w = _nodes(q, _RULE2)
+    z, w = _nodes(q, _N_NODES2)
     z, w = np.concatenate([z, -z]), np.concatenate([w, w])
     s = math.sqrt(max(q, 0.0))
     u1 = s * z[:, None]
