@@ -508,10 +508,10 @@ def theory_for(run: Run, fit: list[int]) -> dict:
         setting = theory.from_config(run.config)
         if setting.depth < 1 or len(fit) < 2:
             return {"applies": False, "reason": "no hidden layer with output_grad recorded"}
-        few = theory.too_few_units(setting)
+        p = theory.profile(setting.activation, setting.weight_vars, setting.bias_vars)
+        few = theory.too_few_units(setting, p)
         if few:
             return {"applies": False, "reason": few}
-        p = theory.profile(setting.activation, setting.weight_vars, setting.bias_vars)
         rate, _, _ = decay_rate(np.array(p.norm)[[l - 1 for l in fit]])
         sw2, sb2 = setting.hidden
         chi = theory.chi1(setting.activation, sw2, sb2)

@@ -36,15 +36,14 @@ import numpy as np
 from vgp.activations import ACTIVATIONS
 from vgp.errors import UserError
 
-# E[f(Z)] = sum(_W * (f(_Z) + f(-_Z))): Gauss-Legendre on [0, 12] times the normal density, each
-# half-line separately. Plain Gauss-Hermite is off by up to 1% (200 nodes) for activations with a
-# kink at 0 (relu family, elu, selu, softsign) and misses the narrow peak of phi'(sqrt(q) z) at large
-# q; split at the kink, the rule converges fast, and its nodes crowd toward 0, where that peak is.
-# The mass beyond |z| = 12 is 4e-33.
-# At large q the peak of phi'(sqrt(q) z), of width about 1/sqrt(q), falls between the nodes (tanh at
-# q = 1e8 came out 1,000x too small, at 1e10 zero): there the half-line is split at z = _U_SETTLED /
-# sqrt(q), beyond which every activation has settled into its tails, and then by decades, each part
-# with the rule (:func:`_nodes`).
+# E[f(sqrt(q) Z)] = sum(w * (f(sqrt(q) z) + f(-sqrt(q) z))) over the nodes z, w of :func:`_nodes`:
+# Gauss-Legendre on [0, 12] times the normal density, each half-line separately. Plain Gauss-Hermite
+# is off by up to 1% (200 nodes) for activations with a kink at 0 (relu family, elu, selu, softsign);
+# split at the kink, the rule converges fast. The mass beyond |z| = 12 is 4e-33. At large q the peak
+# of phi'(sqrt(q) z) at 0, about 1/sqrt(q) wide, falls between the nodes of one part (tanh at q = 1e8
+# came out 1,000x too small, at 1e10 zero): there the half-line is split at z = _U_SETTLED / sqrt(q),
+# beyond which every activation has settled into its tails, and then by decades, each part with the
+# rule.
 _N_NODES, _Z_MAX, _U_SETTLED = 240, 12.0, 40.0
 
 
@@ -67,9 +66,6 @@ def _whole(n: int) -> tuple[np.ndarray, np.ndarray]:
     return _on(0.0, _Z_MAX, n)
 
 
-_Z, _W = _whole(_N_NODES)
-
-
 def _nodes(q: float, n: int = _N_NODES) -> tuple[np.ndarray, np.ndarray]:
     """The rule on the half-line for E[f(sqrt(q) Z)]: one part up to q = (_U_SETTLED / _Z_MAX)^2
     (about 11), else parts [0, a], [a, 10a], [10a, 100a], ... up to _Z_MAX, a = _U_SETTLED /
@@ -82,6 +78,7 @@ def _nodes(q: float, n: int = _N_NODES) -> tuple[np.ndarray, np.ndarray]:
     edges = [0.0, *(a * 10.0 ** k for k in range(math.ceil(math.log10(_Z_MAX / a)))), _Z_MAX]
     parts = [_on(lo, hi, n) for lo, hi in zip(edges, edges[1:])]
     return np.concatenate([z for z, _ in parts]), np.concatenate([w for _, w in parts])
+
 
 CRITICAL_TOL = 1e-3  # |chi_1 - 1| below this: the critical phase
 Q_INF = 1e12  # a forward variance this many times its first layer's (at least 1) diverges: no fixed point
@@ -564,15 +561,16 @@ def participation(activation, q: float) -> float:
     return second * second / fourth if fourth > 0 else 0.0
 
 
-def too_few_units(setting: Setting) -> str | None:
+def too_few_units(setting: Setting, p: Profile | None = None) -> str | None:
     """Why the mean-field prediction cannot describe this net at its width, or None: a hidden layer
     whose width times its :func:`participation` at the predicted q_l is below 1, where a finite
     net's gradient can vanish outright (no unit outside saturation) while the theory predicts a
-    finite chi_1, even a chaotic one."""
+    finite chi_1, even a chaotic one. ``p``: the setting's :func:`profile`, where the caller has it."""
     if not setting.width or setting.depth < 1:
         return None
     act = _act(setting.activation)
-    p = profile(act, setting.weight_vars, setting.bias_vars)
+    if p is None:
+        p = profile(act, setting.weight_vars, setting.bias_vars)
     units, layer = min((setting.width * participation(act, q), l + 1) for l, q in enumerate(p.q))
     if units >= 1:
         return None
