@@ -203,26 +203,43 @@ def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, orde
     return again, done, failed, ran
 
 
-def _after_crash(cell, runs: Path) -> Outcome:
-    """A cell whose worker pool broke: a run its dead worker left 'running' (and unlocked) failed with
-    the worker; interrupted or unstarted ones go again."""
+def _after_crash(cell, runs: Path, patience: float = 30.0) -> Outcome:
+    """A cell whose worker pool broke: a run its dead worker left 'running' failed with the worker;
+    interrupted or unstarted ones go again.
+
+    The folder is judged under its lock. The pool reports the break as soon as the dead worker's
+    pipe closes, which can be before the kernel has dropped that worker's lock, and the pool stops
+    the other workers (SIGTERM: they mark their runs interrupted) at the same moment; so the lock is
+    awaited for up to ``patience`` seconds. A run whose lock is still held then goes again."""
     folder = runs / cell.id
+    if not folder.is_dir():  # never started (run_lock would create the folder)
+        return Outcome(cell.id, "again")
+    deadline = time.monotonic() + patience
+    while True:
+        with results.run_lock(folder, wait=False) as got:
+            if got:
+                return _judge(cell, folder)
+        if results.read_status(folder) != "running" or time.monotonic() > deadline:
+            return _judge(cell, folder, locked=False)
+        time.sleep(0.05)
+
+
+def _judge(cell, folder: Path, locked: bool = True) -> Outcome:
+    """The outcome of a broken pool's cell from its folder; a run still 'running' under its lock (so
+    its process is gone) is marked failed."""
     status = results.read_status(folder)
     if status in results.FINISHED:
         return Outcome(cell.id, "done")
-    if status == "running":
-        with results.run_lock(folder, wait=False) as got:
-            if got:
-                msg = "the worker process running it died (killed, or out of memory)"
-                results.atomic_write(folder / "error.txt", msg + "\n")
-                try:  # what the run said of itself (device, pid, start, ...) stays
-                    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    meta = None
-                meta = meta if isinstance(meta, dict) else {}
-                results.write_json(folder / "meta.json", {**meta, "status": "failed", "error": msg,
-                                                          "ended": results.now()})
-                return Outcome(cell.id, "failed", msg)
+    if status == "running" and locked:
+        msg = "the worker process running it died (killed, or out of memory)"
+        results.atomic_write(folder / "error.txt", msg + "\n")
+        try:  # what the run said of itself (device, pid, start, ...) stays
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = None
+        meta = meta if isinstance(meta, dict) else {}
+        results.write_json(folder / "meta.json", {**meta, "status": "failed", "error": msg, "ended": results.now()})
+        return Outcome(cell.id, "failed", msg)
     if status == "failed":
         return Outcome(cell.id, "failed")
     return Outcome(cell.id, "again")
