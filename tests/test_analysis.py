@@ -179,3 +179,21 @@ def test_cli_diagnose_report_and_json(tmp_path, cli):
     assert json.loads(cli("diagnose", r.folder, "--json", "--vanishing", "1e-30").stdout)["verdict"] == "healthy"
     bad = cli("diagnose", tmp_path / "missing")
     assert bad.returncode == 2 and "no such file or folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_layer_norms_keeps_the_last_row_of_each_layer_sorted_by_layer():
+    """layer_norms (numpy) against the pandas expression it replaced: filter, keep each layer's last
+    row, index by layer, sort; with repeated layers (a layer called twice), layers out of order,
+    other steps and kinds mixed in, and values from 1e-300 to inf and NaN."""
+    rng = np.random.default_rng(0)
+    n = 400
+    g = pd.DataFrame({"step": rng.choice([0, 10, 20], n), "layer": rng.integers(1, 9, n),
+                      "kind": rng.choice(["output_grad", "weight_grad", "dead"], n),
+                      "value": rng.choice([1e-300, 3e-30, 0.5, 7e2, np.inf, np.nan, 0.0], n) * rng.random(n)})
+    for step in (0, 10, 20, 30):
+        for kind in ("output_grad", "dead", "act_mean"):
+            want = g[(g.step == step) & (g.kind == kind)].drop_duplicates("layer", keep="last") \
+                .set_index("layer").value.sort_index().astype(float)
+            got = analysis.layer_norms(g, step, kind)
+            pd.testing.assert_series_equal(got, want, check_index_type=False)
+            assert list(got.index) == sorted(set(g.layer[(g.step == step) & (g.kind == kind)]))
