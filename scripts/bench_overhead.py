@@ -10,6 +10,7 @@ taken, so that drift of the machine hits every variant alike. Prints the ratios.
     python scripts/bench_overhead.py --whole-process       # whole processes: `vgp run` vs a bare script
     python scripts/bench_overhead.py --whole-process --busy 1 --steps 100   # ... beside another job
     python scripts/bench_overhead.py --module              # vgp's MLP module against an nn.Sequential
+    python scripts/bench_overhead.py --kinds --threads 1   # what each of log.kinds adds to a recorded step
 
 ``--whole-process`` times what a user waits for: a hand-written script (the loop below, with its
 own model and data code, importing only torch) against ``python -m vgp run`` processes, each from
@@ -234,6 +235,37 @@ def module(args) -> None:
     report(args, times, "bare loop, nn.Sequential", "nn.Sequential")
 
 
+# log.kinds recorded on their own by --kinds (a group where one computation serves them all)
+KIND_GROUPS = {"weight_grad, bias_grad": ["weight_grad", "bias_grad"], "output_grad": ["output_grad"],
+               "weight": ["weight"], "update_ratio (and weight)": ["update_ratio"],
+               "act_mean, act_std, saturation, dead": ["act_mean", "act_std", "saturation", "dead"],
+               "underflow": ["underflow"], "all ten kinds": None}
+
+
+def kinds(args) -> None:
+    """Each group of log.kinds recorded alone on every step, against recording only the first and last
+    step (interleaved, medians): the milliseconds each adds to a recorded step. A group's figure
+    includes what every recorded step pays (the host transfer, the CSV rows): the first row."""
+    variants = {"only the first and last step": make_cfg(args, 10**9),
+                **{name: make_cfg(args, 1, ks) for name, ks in KIND_GROUPS.items()}}
+    times = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as out:
+        vgp_loop(make_cfg(args, 1), out)  # warm-up
+        for _ in range(args.repeats):
+            for name, cfg in variants.items():
+                times[name].append(vgp_loop(cfg, out))
+    base = statistics.median(times["only the first and last step"])
+    print(f"{args.depth}-layer width-{args.width} {args.activation} MLP, batch {args.batch_size}, {args.steps} steps "
+          f"on {args.device} ({torch.get_num_threads()} threads), median of {args.repeats}; recording every step:")
+    width = max(map(len, times))
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        extra = 1000 * (med - base) / (args.steps - 2)  # the baseline records 2 steps too
+        print(f"  {name:{width}s} {1000 * med / args.steps:6.2f} ms/step  "
+              f"{'' if med == base else f'+{extra:5.2f} ms per recorded step'}  "
+              f"(spread {1000 * min(ts) / args.steps:.2f}-{1000 * max(ts) / args.steps:.2f})")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
@@ -250,6 +282,7 @@ def main():
                    help="--whole-process: run N other PyTorch processes meanwhile (a run beside another job)")
     p.add_argument("--module", action="store_true",
                    help="the bare loop around vgp's MLP module against an nn.Sequential of the same layers")
+    p.add_argument("--kinds", action="store_true", help="what each group of log.kinds adds to a recorded step")
     args = p.parse_args()
     if args.whole_process:
         return whole_process(args)
@@ -257,6 +290,8 @@ def main():
         torch.set_num_threads(args.threads)
     if args.module:
         return module(args)
+    if args.kinds:
+        return kinds(args)
     variants = {  # name: config (None: the bare loop)
         "bare loop": None,
         "vgp, every step, all kinds": make_cfg(args, 1),

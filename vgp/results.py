@@ -97,7 +97,9 @@ def now() -> str:
 
 
 def write_yaml(path: Path, obj) -> None:
-    atomic_write(path, yaml.safe_dump(obj, sort_keys=False))
+    """``obj`` as YAML, atomically. Emitted by libyaml where PyYAML has it (about 4x as fast, the same
+    text: the representer is PyYAML's safe one either way)."""
+    atomic_write(path, yaml.dump(obj, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False))
 
 
 def _cell(v):
