@@ -340,7 +340,7 @@ def test_after_crash_judges_a_run_under_its_lock(tmp_path, then, hold, patience,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "locked\n"
-        outcome = local._after_crash(SimpleNamespace(id="r"), tmp_path / "runs", patience=patience)
+        outcome = local._after_crash(SimpleNamespace(id="r"), tmp_path / "runs", time.monotonic() + patience)
         meta = json.loads((folder / "meta.json").read_text())
         assert outcome.status == expect
         if expect == "failed":
@@ -351,5 +351,5 @@ def test_after_crash_judges_a_run_under_its_lock(tmp_path, then, hold, patience,
     finally:
         holder.kill()
         holder.wait()
-    unstarted = local._after_crash(SimpleNamespace(id="never"), tmp_path / "runs", patience=patience)
+    unstarted = local._after_crash(SimpleNamespace(id="never"), tmp_path / "runs", time.monotonic() + patience)
     assert unstarted.status == "again" and not (tmp_path / "runs" / "never").exists()

@@ -168,6 +168,7 @@ def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, orde
                                initargs=(threads, queue, os.getpid()))
     futures = {pool.submit(_work, [c.cfg for c in unit], runs, retry_failed): unit for unit in pending}
     left, done, failed, ran, again = set(futures), 0, 0, 0, []
+    broken = 0.0  # once the pool broke: until when its runs' locks are awaited
     try:
         while left:
             finished, left = wait(left, timeout=1.0, return_when=FIRST_COMPLETED)
@@ -177,7 +178,8 @@ def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, orde
                 try:
                     outcomes = fut.result()
                 except BrokenProcessPool:  # a worker died: decide its cells from their folders
-                    outcomes = [_after_crash(cell, runs) for cell in unit]
+                    broken = broken or time.monotonic() + CRASH_PATIENCE  # one wait for all of them
+                    outcomes = [_after_crash(cell, runs, broken) for cell in unit]
                 for cell, outcome in zip(unit, outcomes):
                     if outcome.status == "again":
                         again.append([cell])
@@ -203,18 +205,21 @@ def _pool_pass(pending, runs, jobs, threads, gpus, retry_failed, sweep_dir, orde
     return again, done, failed, ran
 
 
-def _after_crash(cell, runs: Path, patience: float = 30.0) -> Outcome:
+CRASH_PATIENCE = 30.0  # seconds a broken pool's runs' locks are awaited, all of them together
+
+
+def _after_crash(cell, runs: Path, deadline: float) -> Outcome:
     """A cell whose worker pool broke: a run its dead worker left 'running' failed with the worker;
     interrupted or unstarted ones go again.
 
     The folder is judged under its lock. The pool reports the break as soon as the dead worker's
     pipe closes, which can be before the kernel has dropped that worker's lock, and the pool stops
     the other workers (SIGTERM: they mark their runs interrupted) at the same moment; so the lock is
-    awaited for up to ``patience`` seconds. A run whose lock is still held then goes again."""
+    awaited until ``deadline`` (``time.monotonic()``; one for all the pool's cells, so that many
+    workers do not wait in turn). A run whose lock is still held then goes again."""
     folder = runs / cell.id
     if not folder.is_dir():  # never started (run_lock would create the folder)
         return Outcome(cell.id, "again")
-    deadline = time.monotonic() + patience
     while True:
         with results.run_lock(folder, wait=False) as got:
             if got:
