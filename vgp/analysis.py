@@ -146,7 +146,7 @@ def read_csv(path: str | Path, columns=(), integers=(), numbers=(), texts=(), pa
         if c not in df.columns:
             continue
         kind = df[c].dtype.kind  # what the parser made of the column: numbers throughout need no check
-        if kind in "iu" or (kind == "f" and c in numbers):
+        if kind in "iu" or (kind == "f" and c not in integers):
             df[c] = df[c].astype("int64") if c in integers else df[c].astype(float)
             continue
         v = pd.to_numeric(df[c], errors="coerce")
