@@ -359,6 +359,53 @@ def hermite_expect2(f, q, c, n=160):
     return float(w @ f(u1, u2) @ w)
 
 
+@pytest.mark.parametrize("q", [1e-2, 1.0, 1e4, 1e10])
+def test_two_dimensional_expectations_of_relu_match_the_arc_cosine_kernel(q):
+    """E[relu(u1) relu(u2)] = q/(2 pi) (sin t + (pi - t) cos t) and E[relu'(u1) relu'(u2)] = (pi - t)/(2 pi),
+    t = arccos c (Cho & Saul 2009): closed forms with a kink where u2 = 0, which for c z1 != 0 is not
+    at z2 = 0. The rule split z2 only at 0 and was 2e-4 off for relu' (the slope of the correlation
+    map, chi_c); near c = -1 the product lives in a wedge about sqrt(1 - c^2) wide."""
+    for c in (-0.999999, -0.999, -0.9, -0.3, 0.0, 0.5, 0.9, 0.999, 0.999999):
+        t = math.acos(c)
+        both = theory._gauss2(lambda a, b: np.maximum(a, 0) * np.maximum(b, 0), q, c)
+        slopes = theory._gauss2(lambda a, b: (a > 0) * (b > 0) * 1.0, q, c)
+        assert both == pytest.approx(q / (2 * math.pi) * (math.sin(t) + (math.pi - t) * math.cos(t)), rel=1e-10,
+                                     abs=1e-12 * q), (q, c)
+        assert slopes == pytest.approx((math.pi - t) / (2 * math.pi), abs=1e-12), (q, c)
+    assert theory._gauss2(lambda a, b: np.maximum(a, 0) * np.maximum(b, 0), q, -1.0) == 0.0  # relu(u) relu(-u)
+
+
+def nested_quad2(phi, q, c):
+    """E[phi(u1) phi(u2)] by scipy's adaptive quadrature, z2 inside z1, each told where its integrand
+    changes: z1 = 0 and +-40/sqrt(q); z2 = 0 and the point where u2 = 0 with +-40/(sqrt(q) r) around it."""
+    s, r = math.sqrt(q), math.sqrt(1 - c * c)
+    density = lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+
+    def inner(z1):
+        z0, a = -c * z1 / r, 40 / (s * r)
+        points = sorted(p for p in {0.0, z0, z0 - a, z0 + a} if -12 < p < 12)
+        return integrate.quad(lambda z2: phi(s * (c * z1 + r * z2)) * density(z2), -12, 12, points=points,
+                              limit=2000, epsabs=1e-13, epsrel=1e-12)[0]
+
+    a = 40 / s
+    return integrate.quad(lambda z1: phi(s * z1) * inner(z1) * density(z1), -12, 12, points=[-a, 0.0, a],
+                          limit=2000, epsabs=1e-13, epsrel=1e-12)[0]
+
+
+def test_two_dimensional_expectations_of_saturated_tanh_match_nested_quadrature():
+    """Large q: tanh(sqrt(q) z) changes sign within 1/sqrt(q) of where u = 0, on the second axis away
+    from z2 = 0. E[tanh(u1) tanh(u2)] was 7e-4 off at q = 1e6, c = 0.5; it tends to (2/pi) arcsin c
+    (the sign's correlation map) from below."""
+    phi = math.tanh
+    for q in (1e4, 1e6):
+        for c in (0.5, 0.9):
+            ref = nested_quad2(phi, q, c)
+            assert theory._gauss2(lambda a, b: np.tanh(a) * np.tanh(b), q, c) == pytest.approx(ref, abs=1e-10), (q, c)
+    limit = 2 / math.pi * math.asin(0.5)
+    at_1e8 = theory._gauss2(lambda a, b: np.tanh(a) * np.tanh(b), 1e8, 0.5)
+    assert limit - 1e-7 < at_1e8 < limit
+
+
 @pytest.mark.parametrize("sw2", [2.0, 2.5, 4.0])
 def test_correlation_fixed_point_and_xi_c_in_the_chaotic_phase_match_an_independent_computation(sw2):
     sb2, (phi, dphi) = 0.05, NP["tanh"]
