@@ -81,6 +81,24 @@ def test_relu_closed_form(sw2, sb2):
     assert theory.critical_weight_var("relu", sb2) == pytest.approx(2.0, rel=1e-6)
 
 
+@pytest.mark.parametrize("name,k", [("relu", 0.5), ("leaky_relu", (1 + 0.01 ** 2) / 2), ("identity", 1.0)])
+def test_q_star_of_a_slow_affine_map_is_its_limit(name, k):
+    """Within 1e-3 of sigma_w^2 k = 1 the variance map q -> sigma_w^2 k q + sigma_b^2 moves by a factor
+    near 1 per layer: 5,000 iterations stopped relu at sigma_w^2 = 1.999 at q = 92 instead of 100, and
+    at 2.001 at a finite 1142 instead of inf. The limit of the recursion itself (iterated here in plain
+    Python, 10^6 layers at most) is what q_star must give."""
+    for growth in (0.9995, 0.999, 1.0005):
+        sw2, sb2 = growth / k, 0.05
+        q = sw2 + sb2
+        for _ in range(10 ** 6):  # the recursion a net's layers follow, from standardised inputs
+            new = growth * q + sb2
+            if new > 1e12 * max(sw2 + sb2, 1.0) or abs(new - q) <= 1e-13 * q:
+                break
+            q = new
+        want = math.inf if new > 1e12 else new
+        assert theory.q_star(name, sw2, sb2) == pytest.approx(want, rel=1e-9), (name, growth)
+
+
 @pytest.mark.parametrize("sw2", [0.5, 1.0, 1.7])
 def test_linear_closed_form(sw2):
     assert theory.chi1("identity", sw2, 0.1) == pytest.approx(sw2, rel=1e-12)

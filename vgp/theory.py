@@ -219,11 +219,21 @@ def q_star(activation, weight_var: float, bias_var: float, input_var: float = 1.
     """The fixed point of the forward variance map that a net reaches from standardised inputs.
 
     Iterates q_{l+1} = sigma_w^2 E[phi(sqrt(q_l) Z)^2] + sigma_b^2 from q_1 = sigma_w^2 input_var +
-    sigma_b^2; returns inf when q grows without bound (e.g. ReLU with sigma_w^2 > 2).
+    sigma_b^2; returns inf when q grows without bound (e.g. ReLU with sigma_w^2 > 2). For the
+    positively homogeneous activations (identity, relu, leaky_relu) the map is affine,
+    q -> sigma_w^2 k q + sigma_b^2, and its limit is taken in closed form: sigma_b^2 / (1 - sigma_w^2 k)
+    below sigma_w^2 k = 1, else inf. Iterated, it converges or diverges by the factor sigma_w^2 k per
+    layer, which near 1 is too slow for ``max_iter`` steps: relu at sigma_w^2 = 1.999, sigma_b^2 = 0.05
+    stopped at 92 instead of 100, at 2.001 at a finite 1142 instead of inf.
     """
     act = _act(activation)
     q = weight_var * input_var + bias_var
     limit = Q_INF * max(q, 1.0)  # relative: a bounded phi at sigma_w^2 = 1e14 has q* near 1e14, finite
+    cf = _closed_form(act)
+    if cf is not None and q > 0 and (bias_var > 0 or weight_var * cf[0] > 1):
+        growth = weight_var * cf[0]
+        star = bias_var / (1 - growth) if growth < 1 else math.inf
+        return star if star <= limit else math.inf
     for _ in range(max_iter):
         new = weight_var * forward_var(act, q) + bias_var
         if not math.isfinite(new) or new > limit:
