@@ -53,8 +53,9 @@ def _legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.polynomial.legendre.leggauss(n)
 
 
-def _on(lo: float, hi: float, n: int = _N_NODES) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss-Legendre nodes on [lo, hi] and their weights times the normal density."""
+def _on(lo, hi, n: int = _N_NODES) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes on [lo, hi] and their weights times the normal density. ``lo``, ``hi``:
+    floats, or arrays of shape (..., 1) for many intervals at once (nodes and weights (..., n))."""
     x, v = _legendre(n)
     z = lo + (x + 1) * (hi - lo) / 2
     return z, v * (hi - lo) / 2 * np.exp(-z ** 2 / 2) / math.sqrt(2 * math.pi)
@@ -294,9 +295,7 @@ def _gauss2(f, q: float, c: float) -> float:
     wider than _U_SETTLED r. ``c`` = +-1 (r = 0): u2 = c u1."""
     s = math.sqrt(max(q, 0.0))
     r = math.sqrt(max(1 - c * c, 0.0))
-    # near c = +-1 the integrand lives (or changes) in a wedge about r wide in z1 around z1 = 0: the
-    # first part of the rule is made no wider than _U_SETTLED r, as at a large q
-    z, w = _nodes(max(q, 1 / r ** 2) if r > 0 else q, _N_NODES2)
+    z, w = _nodes(max(q, 1 / r ** 2) if r > 0 else q, _N_NODES2)  # first part at most _U_SETTLED r wide
     z1, w1 = np.concatenate([z, -z]), np.concatenate([w, w])
     if r == 0.0:
         return float(w1 @ f(s * z1, c * s * z1))
@@ -307,10 +306,7 @@ def _gauss2(f, q: float, c: float) -> float:
     edges = np.concatenate([np.broadcast_to([-_Z_MAX, 0.0, _Z_MAX], (len(z1), 3)), z0[:, None],
                             z0[:, None] - off, z0[:, None] + off], axis=1)
     edges = np.sort(np.clip(edges, -_Z_MAX, _Z_MAX), axis=1)  # (N1, E); equal neighbours: empty pieces
-    lo, hi = edges[:, :-1, None], edges[:, 1:, None]  # (N1, E - 1, 1)
-    x, v = _legendre(_N_NODES2)
-    z2 = lo + (x + 1) * (hi - lo) / 2  # (N1, E - 1, n)
-    w2 = v * (hi - lo) / 2 * np.exp(-z2 ** 2 / 2) / math.sqrt(2 * math.pi)
+    z2, w2 = _on(edges[:, :-1, None], edges[:, 1:, None], _N_NODES2)  # (N1, E - 1, n)
     z2, w2 = z2.reshape(len(z1), -1), w2.reshape(len(z1), -1)
     vals = f(s * z1[:, None], s * (c * z1[:, None] + r * z2))
     return float(w1 @ (vals * w2).sum(axis=1))
@@ -590,7 +586,7 @@ def participation(activation, q: float) -> float:
     large q passes the signal only through the units whose |z| is within about 1 of 0: tanh's ratio is
     about 1.94 / sqrt(2 pi q) there (the integrals of sech^4 and sech^8, 4/3 and 32/35)."""
     act = _act(activation)
-    second = _gauss(lambda x: act.dphi(x) ** 2, q)
+    second = slope_var(act, q)
     fourth = _gauss(lambda x: act.dphi(x) ** 4, q)
     return second * second / fourth if fourth > 0 else 0.0
 
