@@ -248,9 +248,7 @@ def theory(
     if weight_var is None:
         raise UserError("give --weight-var, --critical or a config file")
     out = th.predict(act, weight_var, bias_var, depth, setting if config is not None and not critical else None)
-    few = th.too_few_units(setting) if setting is not None and not critical else None
-    notes = [*notes, *([few] if few else [])]
-    if notes:
+    if critical and notes:  # with --critical predict is not given the config; otherwise it gives its notes
         out["notes"] = notes
     if json_:
         import json

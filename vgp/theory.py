@@ -447,18 +447,26 @@ def profile(activation, weight_vars, bias_vars, depth: int | None = None, input_
 def predict(activation, weight_var: float, bias_var: float, depth: int | None = None,
             setting: "Setting | None" = None) -> dict:
     """Everything ``vgp theory`` prints, as a JSON-able dict. ``setting``: per-layer variances
-    (from a config) for the profile, whose first and last layers can differ from the hidden ones."""
+    (from a config) for the profile, whose first and last layers can differ from the hidden ones;
+    its notes, and :func:`too_few_units`'s where the net is too saturated for its width, are the
+    dict's ``notes``."""
     act = _act(activation)
     q = q_star(act, weight_var, bias_var)
     c = chi1(act, weight_var, bias_var, q)
     out = {"activation": act.name, "weight_var": weight_var, "bias_var": bias_var, "q_star": q, "chi1": c,
            "ratio_per_layer": math.sqrt(c), "depth_scale": depth_scale(c), "phase": phase(c),
            "correlation_depth": correlation_depth(act, weight_var, bias_var) if math.isfinite(q) else None}
+    own = None  # the setting's profile, where the printed one is it
     if depth is not None:
-        p = profile(act, setting.weight_vars, setting.bias_vars) if setting and setting.depth == depth else \
-            profile(act, weight_var, bias_var, depth)
+        own = profile(act, setting.weight_vars, setting.bias_vars) if setting and setting.depth == depth else None
+        p = own if own is not None else profile(act, weight_var, bias_var, depth)
         out["profile"] = [{"layer": l + 1, "q": q_l, "ratio": r, "norm": n}
                           for l, (q_l, r, n) in enumerate(zip(p.q + [None], p.ratio + [None], p.norm))]
+    if setting is not None:
+        few = too_few_units(setting, own)
+        notes = [*setting.notes, *([few] if few else [])]
+        if notes:
+            out["notes"] = notes
     return out
 
 
