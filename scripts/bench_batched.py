@@ -5,7 +5,9 @@ steps of batch 128, vgp's default recording: every 10th step, all kinds). Two va
 process, each writing its run folders as a user's run would:
 
 * ``alone``: ``vgp.train.run`` of each seed, one after another;
-* ``batched``: ``vgp.batched.run_batched`` of the K seeds.
+* ``batched``: ``vgp.batched.run_batched`` of the K seeds;
+* with several activations (``--activation tanh,relu``, members cycling through them), also
+  ``batched, one group per activation``: ``run_batched`` of each activation's members in turn.
 
 Repetitions are interleaved (alone, batched, alone, batched, ...) so that drift of a shared machine
 hits both alike; the median and the spread (min..max) of each are printed, for the whole time (set-up,
@@ -14,6 +16,7 @@ training, finishing the folders) and for the training loops alone (``train_s`` o
     python scripts/bench_batched.py                        # 8 seeds, 20x64, torch's default threads
     OMP_NUM_THREADS=1 python scripts/bench_batched.py --threads 1
     python scripts/bench_batched.py --sweep                # also whole `vgp sweep` processes, batched or not
+    python scripts/bench_batched.py --activation tanh,relu,gelu,sigmoid   # members cycle through these
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ def raw_config(args) -> dict:
 
 def configs(args) -> list[config.Config]:
     raw = raw_config(args)
-    return [config.from_dict({**raw, "name": f"seed{s}", "seed": s}) for s in range(args.seeds)]
+    acts = args.activation.split(",")  # member s gets acts[s % len(acts)]
+    return [config.from_dict({**raw, "name": f"seed{s}", "seed": s,
+                              "model": {**raw["model"], "activation": acts[s % len(acts)]}})
+            for s in range(args.seeds)]
 
 
 def train_s(folders) -> float:
@@ -63,6 +69,16 @@ def together(cfgs, out: Path) -> tuple[float, float]:
     t = time.perf_counter()
     res = batched.run_batched(cfgs, out=out, force=True)
     return time.perf_counter() - t, float(pd.read_csv(res[0].folder / "summary.csv").train_s.iloc[0])
+
+
+def by_activation(cfgs, out: Path) -> tuple[float, float]:
+    """One batched group per activation, one after another (what a sweep does when each activation has
+    enough cells to fill its own groups): summed times."""
+    groups: dict = {}
+    for c in cfgs:
+        groups.setdefault(str(c.model.activation), []).append(c)
+    times = [together(g, out) for g in groups.values()]
+    return sum(t[0] for t in times), sum(t[1] for t in times)
 
 
 def sweep_process(args, out: Path, no_batch: bool) -> float:
@@ -91,7 +107,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--width", type=int, default=64)
-    p.add_argument("--activation", default="tanh")
+    p.add_argument("--activation", default="tanh", help="one, or several comma-separated: members cycle through them")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--every", type=int, default=10, help="log.every")
@@ -110,16 +126,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         together(cfgs[:2], tmp / "warm")  # first calls: imports, allocator, lazy inits
-        results: dict[str, list] = {"alone": [], "batched": []}
+        variants = {"alone, one after another": alone, "batched": together}
+        if len({str(c.model.activation) for c in cfgs}) > 1:
+            variants["batched, one group per activation"] = by_activation
+        results: dict[str, list] = {name: [] for name in variants}
         for _ in range(args.reps):
-            results["alone"].append(alone(cfgs, tmp / "alone"))
-            results["batched"].append(together(cfgs, tmp / "batched"))
+            for name, f in variants.items():
+                results[name].append(f(cfgs, tmp / "runs"))
         for what, i in (("whole time", 0), ("training loops", 1)):
-            a = [r[i] for r in results["alone"]]
-            b = [r[i] for r in results["batched"]]
-            ratios = [x / y for x, y in zip(a, b)]
-            print(f"{what}:\n  {show('alone, one after another', a)}\n  {show('batched', b)}\n"
-                  f"  speed-up: median {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f})")
+            a = [r[i] for r in results["alone, one after another"]]
+            print(f"{what}:\n  {show('alone, one after another', a)}")
+            for name in list(variants)[1:]:
+                b = [r[i] for r in results[name]]
+                ratios = [x / y for x, y in zip(a, b)]
+                print(f"  {show(name, b)}\n    speed-up: median {statistics.median(ratios):.2f}x "
+                      f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
         if args.sweep:
             s: dict[str, list] = {"unbatched": [], "batched": []}
             for _ in range(args.sweep_reps):

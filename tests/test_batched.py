@@ -153,6 +153,37 @@ def test_members_with_different_learning_rates_optimizers_and_inits(tmp_path):
     assert lrs == [0.05, 0.5, 0.003, 0.001]
 
 
+def test_members_with_different_activations_equal_alone_and_come_back_in_order(tmp_path):
+    """Activations may differ: members are reordered so that equal specs are adjacent, each activation
+    runs on its slice, and every member's statistics (saturation from h, or from phi'(z) for gelu;
+    dead units for relu) equal alone; the results come back in the configs' order."""
+    acts = ["tanh", "gelu", {"name": "leaky_relu", "negative_slope": 0.2}, "tanh", "relu",
+            "sigmoid", "gelu", {"name": "leaky_relu", "negative_slope": 0.01}]
+    cfgs = cfgs_of({**BASE, "log": {"every": 2}}, seed=[0, 1, 2, 3, 4, 5, 6, 7], model__activation=acts)
+    assert batched.batchable(cfgs) is None
+    assert batched._by_activation(cfgs) == [0, 3, 1, 6, 2, 4, 5, 7]
+    res = check_against_alone(cfgs, tmp_path)
+    assert [r.folder.name for r in res] == [c.name for c in cfgs]
+    sat = {r.folder.name: pd.read_csv(r.folder / "grad_norms.csv").query("kind == 'saturation'").value.mean()
+           for r in res}
+    assert sat["m4"] > 0.3 and sat["m2"] == 0  # relu: the half below 0; leaky_relu(0.2): phi' >= 0.2, never
+
+
+def test_groups_mix_activations_only_to_fill_a_group():
+    """Equal activations are grouped first (a mixed group pays a split and a concatenation per layer);
+    the groups that one activation leaves short are then filled with other activations."""
+    two = ["tanh", "relu"] * 8  # seed-major: tanh, relu, tanh, relu, ...
+    cfgs = cfgs_of(BASE, seed=[i // 2 for i in range(16)], model__activation=two)
+    assert batched.groups(cfgs, 8) == [list(range(0, 16, 2)), list(range(1, 16, 2))]
+    four = ["tanh", "relu", "gelu", "sigmoid"] * 2
+    cfgs = cfgs_of(BASE, seed=[i // 4 for i in range(8)], model__activation=four)
+    assert batched.groups(cfgs, 8) == [[0, 4, 1, 5, 2, 6, 3, 7]]
+    assert batched.groups(cfgs, 4) == [[0, 4, 1, 5], [2, 6, 3, 7]]
+    cfgs = cfgs_of(BASE, seed=[0, 1, 2, 0, 1, 2], model__activation=["tanh"] * 3 + ["relu"] * 3)
+    assert batched.groups(cfgs, 2) == [[0, 1], [2, 5], [3, 4]]
+    assert batched.groups(cfgs[:5], 2) == [[0, 1], [2], [3, 4]]  # relu fills its own group
+
+
 @pytest.mark.parametrize("spec", [{"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True},
                                   {"name": "adam", "lr": 1e-3}, {"name": "adamw", "lr": 1e-3, "weight_decay": 0.1},
                                   {"name": "adagrad", "lr": 0.05}, {"name": "rmsprop", "lr": 1e-3, "momentum": 0.5}])
@@ -235,7 +266,7 @@ def test_batchable_says_why_not(monkeypatch):
                                                                   "n_test": 32}}, seed=[0, 1]),
         "model.norm=batchnorm": cfgs_of({**BASE, "model": {**BASE["model"], "norm": "batchnorm"}}, seed=[0, 1]),
         "model.depth differs": cfgs_of(BASE, seed=[0, 1], model__depth=[3, 4]),
-        "model.activation.name differs": cfgs_of(BASE, seed=[0, 1], model__activation=["tanh", "relu"]),
+        "model.width differs": cfgs_of(BASE, seed=[0, 1], model__width=[16, 8]),
         "train.steps differs": cfgs_of(BASE, seed=[0, 1], train__steps=[5, 6]),
         "train.precision=bf16": cfgs_of({**BASE, "train": {**BASE["train"], "precision": "bf16"}}, seed=[0, 1]),
         "model.residual_scale=rezero": cfgs_of({**BASE, "model": {**BASE["model"], "skip": True,

@@ -322,7 +322,7 @@ def sweep(
     gpus_per_task: Optional[int] = typer.Option(None, "--gpus-per-task", help="slurm: GPUs per array task"),
     runs_per_task: Optional[int] = typer.Option(None, "--runs-per-task", help="slurm: runs packed into one array task"),
     no_batch: bool = typer.Option(False, "--no-batch", help="local: train every cell alone (by default, cells that "
-                                                            "differ only in seed, init or optimizer arguments train "
+                                                            "differ only in seed, init, activation or optimizer train "
                                                             "as one batched model, see launcher.batch)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
 ):

@@ -26,8 +26,8 @@ from vgp.errors import UserError
 from vgp.launch import Outcome, SweepProgress, run_cell, run_group
 
 SETTINGS = {"jobs": None,  # worker processes (None: one per GPU, else one per core)
-            "batch": 8}  # at most this many cells that differ only in seed/init/optimizer train as one batched
-#                           model (vgp.batched); 1: every cell alone (vgp sweep --no-batch)
+            "batch": 8}  # at most this many cells that differ only in seed/init/activation/optimizer train
+#                           as one batched model (vgp.batched); 1: every cell alone (vgp sweep --no-batch)
 
 # -- in the worker processes ---------------------------------------------------------------------
 _in_run = False  # a run is executing: a signal interrupts it

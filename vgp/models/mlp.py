@@ -94,9 +94,14 @@ class StackedMLP(nn.Module):
     ``taps`` (a list) receives each hidden layer's pre-activation and activation output, as
     (K, units, B): the layers run on transposed activations, z^T = W h^T + b, so that the gradient
     of each (K, out, in) weight comes out of the backward pass in the weight's own layout (computed
-    as h W^T, it came out transposed, and autograd copied every one into place on every step)."""
+    as h W^T, it came out transposed, and autograd copied every one into place on every step).
 
-    def __init__(self, members: list):
+    ``runs``: (start, end) of each run of adjacent members with the same activation (default: one
+    run, all members share member 0's); each run's activation, member ``start``'s, applies to its
+    slice of the members, and the slices are concatenated (ValueError: runs that do not cover the
+    members in order)."""
+
+    def __init__(self, members: list, runs: list[tuple[int, int]] | None = None):
         super().__init__()
         tracked = [m.tracked() for m in members]
         n = len(tracked[0])
@@ -105,7 +110,12 @@ class StackedMLP(nn.Module):
         self.biases = nn.ParameterList(
             nn.Parameter(torch.stack([t[i].layer.bias.detach() for t in tracked])) for i in range(n))
         self.skip = [b.skip for b in members[0].blocks]
-        self.act = members[0].blocks[0].act if members[0].blocks else None
+        runs = runs or [(0, len(members))]
+        if [s for s, _ in runs] != [0] + [e for _, e in runs[:-1]] or runs[-1][1] != len(members):
+            raise ValueError(f"runs {runs} do not cover the {len(members)} members in order")
+        acts = [members[s].blocks[0].act if members[s].blocks else None for s, _ in runs]
+        self.act = acts[0] if len(runs) == 1 else None
+        self.sizes, self.acts = [e - s for s, e in runs], acts
 
     def forward(self, x, taps: list | None = None):  # (K, B, *shape) -> (K, B, out)
         h = x.flatten(2).transpose(1, 2)  # (K, in, B)
@@ -118,7 +128,9 @@ class StackedMLP(nn.Module):
                 taps.append(z)
             if i == last:
                 return z.transpose(1, 2)
-            a = self.act(z)
+            # split, not z[s:e]: the backward of a slice fills a zero tensor of z's size per run
+            a = self.act(z) if self.act is not None else \
+                torch.cat([f(part) for part, f in zip(z.split(self.sizes), self.acts)])
             if taps is not None:
                 taps.append(a)
             h = h + a if self.skip[i] else a
