@@ -17,6 +17,7 @@ training, finishing the folders) and for the training loops alone (``train_s`` o
     OMP_NUM_THREADS=1 python scripts/bench_batched.py --threads 1
     python scripts/bench_batched.py --sweep                # also whole `vgp sweep` processes, batched or not
     python scripts/bench_batched.py --activation tanh,relu,gelu,sigmoid   # members cycle through these
+    python scripts/bench_batched.py --arch gru --depth 1 --batch-size 64  # recurrent, on the adding task
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ from vgp.train import run
 
 
 def raw_config(args) -> dict:
+    data = {"name": "teacher", "dim": 64, "n_train": 4096, "n_test": 1024} if args.arch == "mlp" else \
+        {"name": "adding", "seq_len": args.seq_len, "n_train": 4096, "n_test": 1024}
     return {"name": "bench", "device": "cpu",
-            "model": {"depth": args.depth, "width": args.width, "activation": args.activation},
-            "data": {"name": "teacher", "dim": 64, "n_train": 4096, "n_test": 1024},
+            "model": {"arch": args.arch, "depth": args.depth, "width": args.width, "activation": args.activation},
+            "data": data,
             "train": {"steps": args.steps, "batch_size": args.batch_size,
                       "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}},
             "log": {"every": args.every}}
@@ -105,6 +108,8 @@ def show(name: str, times: list[float]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--arch", default="mlp", choices=["mlp", "rnn", "gru"], help="rnn, gru: on the adding task")
+    p.add_argument("--seq-len", type=int, default=100, help="--arch rnn/gru: the adding task's T")
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--activation", default="tanh", help="one, or several comma-separated: members cycle through them")
@@ -120,7 +125,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfgs = configs(args)
-    print(f"{args.seeds} seeds of a {args.depth}x{args.width} {args.activation} MLP, {args.steps} steps of batch "
+    net = "MLP" if args.arch == "mlp" else f"{args.arch} on the adding task (T={args.seq_len})"
+    print(f"{args.seeds} seeds of a {args.depth}x{args.width} {args.activation} {net}, {args.steps} steps of batch "
           f"{args.batch_size}, log.every {args.every}; torch threads {torch.get_num_threads()}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs seen")
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,7 +43,9 @@ def assert_same_folder(a: Path, b: Path, rtol: float = 1e-5) -> None:
     ``rtol`` (relative, so right at 1e-30 as at 1e3; NaN where NaN), everything else exactly."""
     files = {p.name for p in a.iterdir()}
     assert files == {p.name for p in b.iterdir()}, (a, files)
-    for name in ("grad_norms.csv", "metrics.csv", "summary.csv"):
+    for name in ("grad_norms.csv", "metrics.csv", "summary.csv", "time_grads.csv"):
+        if name not in files:
+            continue
         x, y = pd.read_csv(a / name), pd.read_csv(b / name)
         assert list(x.columns) == list(y.columns) and len(x) == len(y), name
         if name == "grad_norms.csv":
@@ -90,6 +92,7 @@ def check_against_alone(cfgs, tmp_path, rtol=1e-5):
     return res
 
 
+ADDING = {"name": "adding", "seq_len": 6, "n_train": 64, "n_test": 32}
 BASE = tiny(model__depth=4, model__width=16, train__steps=12, train__batch_size=16, train__eval_every=5,
             log__every=3)
 
@@ -169,6 +172,27 @@ def test_members_with_different_activations_equal_alone_and_come_back_in_order(t
     assert sat["m4"] > 0.3 and sat["m2"] == 0  # relu: the half below 0; leaky_relu(0.2): phi' >= 0.2, never
 
 
+@pytest.mark.parametrize("arch,activation,data", [
+    ("rnn", "tanh", ADDING), ("rnn", "relu", ADDING), ("gru", "tanh", ADDING),
+    ("gru", "tanh", {"name": "copy", "n_train": 64, "n_test": 32}),  # a class per time step
+])
+def test_recurrent_members_equal_alone(tmp_path, arch, activation, data):
+    """Vanilla RNNs and GRUs, 2 layers, stacked and unrolled with batched products, against each member
+    alone (fused kernels between recorded steps, unrolled on them): every CSV, time_grads.csv's
+    dLoss/dh_t per layer and step included, within 1e-4 (the fused kernels round differently). The
+    recurrent init, the phase diagram's axis for these nets, may differ between members."""
+    raw = {**tiny(model__arch=arch, model__activation=activation, model__depth=2, model__width=8, train__steps=12,
+                  train__batch_size=16, train__eval_every=5, log__every=3), "data": data}
+    inits = [{"name": "orthogonal"}, {"name": "orthogonal", "gain": 1.5}, "default"]
+    cfgs = cfgs_of(raw, seed=[0, 1, 2], model__recurrent_init=inits)
+    res = check_against_alone(cfgs, tmp_path, rtol=1e-4)
+    times = pd.read_csv(res[1].folder / "time_grads.csv")
+    recorded = sorted(set(pd.read_csv(res[1].folder / "grad_norms.csv").step))
+    assert recorded == [0, 3, 5, 6, 9, 10, 11]  # log.every 3, evaluations, the last step
+    assert len(times) == len(recorded) * 2 * (6 if data is ADDING else 120)  # 2 layers, T steps each
+    assert set(times.layer) == {1, 2} and (times.value > 0).all()
+
+
 def test_groups_mix_activations_only_to_fill_a_group():
     """Equal activations are grouped first (a mixed group pays a split and a concatenation per layer);
     the groups that one activation leaves short are then filled with other activations."""
@@ -182,6 +206,9 @@ def test_groups_mix_activations_only_to_fill_a_group():
     cfgs = cfgs_of(BASE, seed=[0, 1, 2, 0, 1, 2], model__activation=["tanh"] * 3 + ["relu"] * 3)
     assert batched.groups(cfgs, 2) == [[0, 1], [2, 5], [3, 4]]
     assert batched.groups(cfgs[:5], 2) == [[0, 1], [2], [3, 4]]  # relu fills its own group
+    rnns = cfgs_of({**tiny(model__arch="rnn"), "data": ADDING}, seed=[0, 1, 2, 0, 1, 2],
+                   model__activation=["tanh"] * 3 + ["relu"] * 3)
+    assert batched.groups(rnns, 2) == [[0, 1], [2], [3, 4], [5]]  # a recurrent net's members share one
 
 
 @pytest.mark.parametrize("spec", [{"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True},
@@ -262,8 +289,11 @@ def test_batchable_says_why_not(monkeypatch):
     ok = cfgs_of(BASE, seed=[0, 1])
     assert batched.batchable(ok) is None
     cases = {
-        "model.arch=rnn": cfgs_of({**tiny(model__arch="rnn"), "data": {"name": "adding", "seq_len": 5, "n_train": 64,
-                                                                  "n_test": 32}}, seed=[0, 1]),
+        "model.arch=lstm: an LSTM is not batched": cfgs_of({**tiny(model__arch="lstm"), "data": ADDING}, seed=[0, 1]),
+        "model.arch=resnet": cfgs_of({**tiny(model__arch="resnet", model__depth=8), "data": {"name": "digits"}},
+                                     seed=[0, 1]),
+        "model.activation differs: only an mlp's": cfgs_of({**tiny(model__arch="rnn"), "data": ADDING}, seed=[0, 1],
+                                                           model__activation=["tanh", "relu"]),
         "model.norm=batchnorm": cfgs_of({**BASE, "model": {**BASE["model"], "norm": "batchnorm"}}, seed=[0, 1]),
         "model.depth differs": cfgs_of(BASE, seed=[0, 1], model__depth=[3, 4]),
         "model.width differs": cfgs_of(BASE, seed=[0, 1], model__width=[16, 8]),

@@ -48,13 +48,15 @@ train, record, analysis = LazyModule("vgp.train"), LazyModule("vgp.record"), Laz
 datasets = LazyModule("vgp.data")
 
 # keys whose values may differ between the members of one batched model (prefixes of flattened keys)
-MAY_DIFFER = ("name", "out", "seed", "model.init", "model.bias_init", "model.activation", "train.optimizer")
+MAY_DIFFER = ("name", "out", "seed", "model.init", "model.bias_init", "model.recurrent_init", "model.activation",
+              "train.optimizer")
 # the keys batched training knows (a key, or a section or spec ending in "."): any other key, such as a
 # setting added to vgp later, must keep its default value, or the config is not batchable
 KNOWN = ("name", "out", "seed", "device", "model.arch", "model.depth", "model.width", "model.activation.",
          "model.init.", "model.bias_init.", "model.norm", "model.skip", "model.recurrent_init.", "model.forget_bias",
          "data.", "train.steps", "train.batch_size", "train.optimizer.", "train.schedule.", "train.clip.",
          "train.eval_every", "log.every", "log.kinds")
+ARCHS = ("mlp", "rnn", "gru")  # what vgp.models.StackedMLP and StackedRecurrent stack
 OPTIMIZERS_OK = ("sgd", "adam", "adamw", "rmsprop", "adagrad")  # elementwise: a stacked tensor updates per member
 # the devices where torch has a fused kernel for the optimizer (Adagrad's: the CPU only)
 FUSED = {"sgd": ("cpu", "cuda"), "adam": ("cpu", "cuda"), "adamw": ("cpu", "cuda"), "adagrad": ("cpu",)}
@@ -85,8 +87,11 @@ def batchable(cfgs: list[config.Config]) -> str | None:
     flats = [_flat(c) for c in cfgs]
     for cfg, flat in zip(cfgs, flats):
         m = cfg.model
-        if m.arch != "mlp":
-            return f"model.arch={m.arch}: only mlp is batched"
+        if m.arch == "lstm":
+            return ("model.arch=lstm: an LSTM is not batched: alone, its fused kernel is faster on the CPU than "
+                    "a batched unrolled cell (scripts/bench_rnn_batched.py)")
+        if m.arch not in ARCHS:
+            return f"model.arch={m.arch}: only {', '.join(ARCHS)} are batched"
         if m.norm != "none":
             return f"model.norm={m.norm}: normalisation layers are not batched"
         if cfg.train.precision != "fp32":
@@ -104,6 +109,8 @@ def batchable(cfgs: list[config.Config]) -> str | None:
             key = next(k for k in sorted(set(first) | set(other)) if first.get(k) != other.get(k))
             return (f"{key} differs ({first.get(key)} in {cfgs[0].name}, {other.get(key)} in {cfg.name}); "
                     f"only {', '.join(MAY_DIFFER[2:])} may")
+    if cfgs[0].model.arch != "mlp" and any(c.model.activation != cfgs[0].model.activation for c in cfgs):
+        return f"model.activation differs: only an mlp's members may differ in activation ({cfgs[0].model.arch})"
     if len({c.name for c in cfgs}) < len(cfgs):
         return "two configs have the same name"
     return None
@@ -136,10 +143,10 @@ def groups(cfgs: list[config.Config], size: int) -> list[list[int]]:
         else:
             pure.setdefault((key, json.dumps(cfg.model.activation, sort_keys=True)), []).append(i)
     short: dict = {}  # key -> the members of groups that one activation leaves short
-    for (key, _), idx in pure.items():
+    for (key, act), idx in pure.items():
         chunks = [idx[j:j + size] for j in range(0, len(idx), size)]
-        if len(chunks[-1]) < size:
-            short.setdefault(key, []).extend(chunks.pop())
+        if len(chunks[-1]) < size:  # a recurrent net's members share their activation (StackedRecurrent)
+            short.setdefault(key if cfgs[idx[0]].model.arch == "mlp" else (key, act), []).extend(chunks.pop())
         out += chunks
     for idx in short.values():
         out += [idx[j:j + size] for j in range(0, len(idx), size)]
@@ -208,8 +215,8 @@ def _exact_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 def _losses(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     """(K,) each member's mean loss, as :func:`vgp.train.loss_fn` computes it alone."""
-    if task == "classification":
-        return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+    if task == "classification":  # (K, B) or, per step, (K, B, T) targets
+        return F.cross_entropy(out.flatten(0, -2), y.flatten(), reduction="none").view(y.shape).mean(_member_dims(y))
     return F.mse_loss(out, y, reduction="none").mean(_member_dims(out))
 
 
@@ -227,9 +234,10 @@ def _evaluate(net, x, y, task: str, chunk: int):
     for i in range(0, x.shape[1], chunk):
         out = net(x[:, i:i + chunk])
         yy = y[:, i:i + chunk]
-        if task == "classification":
-            total += F.cross_entropy(out.flatten(0, 1), yy.flatten(), reduction="none").view(yy.shape).sum(1)
-            correct += (out.argmax(-1) == yy).float().sum(1)
+        if task == "classification":  # per example: the mean over its positions, for sequence outputs
+            per = yy.shape[1] / yy[0].numel()
+            total += F.cross_entropy(out.flatten(0, -2), yy.flatten(), reduction="none").view(yy.shape).flatten(1).sum(1) * per
+            correct += (out.argmax(-1) == yy).float().flatten(1).sum(1) * per
         else:
             total += F.mse_loss(out, yy, reduction="none").sum(_member_dims(out)) / out.shape[-1]
     n = x.shape[1]
@@ -299,6 +307,7 @@ def _activation_runs(cfgs: list[config.Config], acts: list) -> list[tuple[int, i
 def _run_in(members: list[_Member], device, quiet: bool) -> list:
     # -- set-up: every member built as alone, then stacked ---------------------------------------
     from vgp.models import StackedMLP
+    from vgp.models.rnn import StackedRecurrent
 
     started, t_start = results.now(), time.perf_counter()
     k = len(members)
@@ -316,7 +325,11 @@ def _run_in(members: list[_Member], device, quiet: bool) -> list:
             models.append(model)
             acts.append(act)
         runs = _activation_runs([m.cfg for m in members], acts)
-        net = StackedMLP(models, [(s, e) for s, e, _ in runs]).to(device).train()  # (K, out, in) weights
+        if members[0].cfg.model.arch == "mlp":
+            net = StackedMLP(models, [(s, e) for s, e, _ in runs])
+        else:
+            net = StackedRecurrent(models)
+        net = net.to(device).train()  # (K, out, in) weights
         x_train, y_train, x_test, y_test = (_stacked([getattr(d, n) for d in datas], device)
                                             for n in ("x_train", "y_train", "x_test", "y_test"))
         # member 0's recorder, never attached: the rows' layout (names, applicable kinds) of every member
@@ -325,6 +338,8 @@ def _run_in(members: list[_Member], device, quiet: bool) -> list:
         for m in members:
             m.streams = [results.CsvStream(m.folder / "grad_norms.csv", train.GRAD_COLUMNS),
                          results.CsvStream(m.folder / "metrics.csv", train.METRIC_COLUMNS)]
+            if hasattr(net, "hidden_sink"):  # recurrent: dLoss/dh_t per time step, as alone
+                m.streams.append(results.CsvStream(m.folder / "time_grads.csv", train.TIME_COLUMNS))
         _train(members, net, runs, datas[0].task, (x_train, y_train, x_test, y_test), template, t_start, started,
                device, quiet, datas)
         return [train.RunResult(m.folder, m.status, m.summary) for m in members]
@@ -398,6 +413,9 @@ def _train(members, net, runs, task, tensors, template, t_start, started, device
     flat_index = [KINDS.index(kd) * n_layers + i for kd, i in pairs]
     grad_prefixes = [f"{i + 1},{template.names[i]},{kd}" for kd, i in pairs]
     hidden = [i for i, t in enumerate(template.tracked) if t.output and t.act is not None]
+    outputs = [i for i, t in enumerate(template.tracked) if t.output]  # output_grad: the taps' layers
+    recurrent = _TimeGrads() if hasattr(net, "hidden_sink") else None
+    time_keys: list = []
     params = list(net.parameters())
     weights, biases = list(net.weights), list(net.biases)
     opts, views = _optimizers(members, net)
@@ -429,11 +447,12 @@ def _train(members, net, runs, task, tensors, template, t_start, started, device
             # step: forward, backward, clip, update
             taps: list | None = [] if recording else None
             out_grads: list = []
+            if recording and recurrent is not None:
+                net.hidden_sink = recurrent.sink
             logits = net(x, taps)
             if recording and "output_grad" in kinds:
-                zs = [taps[2 * i] for i in range(n_layers)]
                 out_grads = [None] * n_layers
-                for i, z in enumerate(zs):
+                for i, z in zip(outputs, taps[::2] if recurrent is None else taps):
                     z.register_hook(lambda g, i=i: out_grads.__setitem__(
                         i, torch.linalg.vector_norm(g, dim=(1, 2), dtype=torch.float64)))
             losses = _losses(logits, y, task)  # (K,)
@@ -442,6 +461,8 @@ def _train(members, net, runs, task, tensors, template, t_start, started, device
             for p in params:
                 p.grad = None
             losses.sum().backward()
+            if recording and recurrent is not None:
+                net.hidden_sink = None
             pending.append(losses.detach())
             grads = [p.grad for p in params]
             # (K,) before clipping, float32, as alone: what clipping by norm scales by, and the divergence
@@ -453,6 +474,8 @@ def _train(members, net, runs, task, tensors, template, t_start, started, device
                 gn64 = torch.linalg.vector_norm(norms64, dim=0)
                 values = _record(net, taps, out_grads, runs, kinds, weights, biases, prev, want_act, hidden, n_layers,
                                  params, norms64, device, buffers)
+                if recurrent is not None:
+                    time_keys, time_values = recurrent.norms(k, device)  # (P, K)
                 clipped = torch.zeros(k, dtype=torch.bool, device=device)
                 if clip.mode == "value":
                     amax = torch.stack([g.abs().amax(_member_dims(g)) for g in grads]).amax(0)
@@ -485,11 +508,14 @@ def _train(members, net, runs, task, tensors, template, t_start, started, device
                 torch._foreach_sub_(prev, [w.detach() for w in weights])
                 values[:, KINDS.index("update_ratio")] = _exact_norms(prev).T / values[:, KINDS.index("weight")]
             gnc = torch.linalg.vector_norm(_exact_norms(grads), dim=0) if clip.mode != "none" else gn64
-            acc = (logits.detach().argmax(-1) == y).float().mean(1) if task == "classification" else nan
+            acc = (logits.detach().argmax(-1) == y).float().flatten(1).mean(1) if task == "classification" else nan
             scalars = torch.stack([losses.detach().double(), acc.double(), gn64, gnc, clipped.double()], 1)  # (K, 5)
             n_pending = len(pending)
-            host = torch.cat([values.flatten(1), scalars.double(), torch.stack(pending, 1).double(),
-                              torch.stack(finite, 1).double()], 1).tolist()
+            parts = [values.flatten(1), scalars.double(), torch.stack(pending, 1).double(),
+                     torch.stack(finite, 1).double()]
+            if recurrent is not None:
+                parts.append(time_values.T)
+            host = torch.cat(parts, 1).tolist()
             pending.clear()
             finite.clear()
             elapsed = time.perf_counter() - t_loop
@@ -499,8 +525,11 @@ def _train(members, net, runs, task, tensors, template, t_start, started, device
                 for i, row in by_member.items():
                     tl = test_loss[i] if test_loss is not None else None
                     ta = test_acc[i] if test_acc is not None else None
-                    (l, a, g, gc, c), grad_csv, metrics_csv = row[nv:nv + 5], *members[i].streams
+                    (l, a, g, gc, c), (grad_csv, metrics_csv) = row[nv:nv + 5], members[i].streams[:2]
                     grad_csv.write_values(step, grad_prefixes, [row[j] for j in flat_index])
+                    if recurrent is not None:
+                        members[i].streams[2].write_values(step, [f"{ly},{t}" for ly, t in time_keys],
+                                                           row[len(row) - len(time_keys):])
                     metrics_csv.write([[step, l, None if math.isnan(a) else a, g, gc, bool(c), lr[i],
                                         round(elapsed, 4), tl, ta, 1.0, 0]])  # fp32: no loss scale, no skips
                 for i in by_member:
@@ -541,6 +570,27 @@ def _train(members, net, runs, task, tensors, template, t_start, started, device
             m.train_s = train_s
         for i in alive:
             _finish(members[i], k, datas[i], device, started, t_start)
+
+
+class _TimeGrads:
+    """dLoss/dh_t of a stacked recurrent net's recorded step (the net's ``hidden_sink``): each
+    member's norm per (layer, t), taken as :class:`vgp.record.GradientRecorder` takes a solo run's."""
+
+    def __init__(self):
+        self.keys: list = []
+        self.grads: dict = {}
+
+    def sink(self, layer: int, t: int, h: torch.Tensor) -> None:
+        self.keys.append((layer, t))
+        if h.requires_grad:
+            h.register_hook(lambda g, key=(layer, t): self.grads.__setitem__(key, g))
+
+    def norms(self, k: int, device) -> tuple[list, torch.Tensor]:
+        """The (layer, t) keys in order, and their (P, K) float64 norms (0 where no gradient reached h_t)."""
+        keys, zero = sorted(self.keys), torch.zeros(k, 1, device=device)
+        values = _exact_norms([self.grads.get(key, zero) for key in keys])
+        self.keys, self.grads = [], {}
+        return keys, values
 
 
 def _underflow(grads: list, buffers: dict) -> torch.Tensor:

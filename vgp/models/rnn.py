@@ -166,3 +166,68 @@ def recurrent(kind: str, in_shape: tuple, out_size: int, width: int, depth: int,
                 bh[width:2 * width].zero_()
     initialize(model.out, gate_act, init, bias_init)
     return model
+
+
+class StackedRecurrent(nn.Module):
+    """K equally shaped ``rnn`` or ``gru`` :class:`RecurrentNet` as one module, for :mod:`vgp.batched`:
+    ``weights[i]``/``biases[i]`` stack the members' tensors of their ``tracked()`` entry i (each layer's
+    W_ih (K, G*H, in), W_hh (K, G*H, H), then the output layer's (K, out, H)). ``forward`` maps
+    (K, B, T, F) to (K, B, out) (or (K, B, T, out) with ``per_step``), unrolled over time with batched
+    matrix products: the fused kernels take one weight set, so K members cannot share a call. The
+    cell is the members' own: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), and PyTorch's GRU
+    (r, z, n gates; n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1 - z) n + z h).
+
+    ``hidden_sink``, as on :class:`RecurrentNet`: called with (layer from 1, t from 1, h_t), h_t as
+    (K, H, B), transposed (its norm per member is the same).
+    ``taps`` (a list) receives the output layer's pre-activation. An LSTM is not stacked: alone, its
+    fused kernel is faster on the CPU than a batched unrolled cell (``scripts/bench_rnn_batched.py``)."""
+
+    def __init__(self, members: list):
+        super().__init__()
+        first = members[0]
+        if first.kind not in ("rnn", "gru"):
+            raise ValueError(f"{first.kind}: only rnn and gru nets are stacked")
+        tracked = [m.tracked() for m in members]
+        n = len(tracked[0])
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([t[i].layer.weight.detach() for t in tracked])) for i in range(n))
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.stack([t[i].layer.bias.detach() for t in tracked])) for i in range(n))
+        self.kind, self.per_step, self.width, self.depth = first.kind, first.per_step, first.width, len(first.layers)
+        self.act = first.layers[0].act if first.kind == "rnn" else None
+        self.hidden_sink: Callable[[int, int, torch.Tensor], None] | None = None
+
+    def forward(self, x, taps: list | None = None):  # (K, B, T, F) -> (K, B, out) or (K, B, T, out)
+        # on transposed states, h^T = act(W_ih x^T + W_hh h^T + b): each (K, rows, cols) weight's gradient
+        # then comes out of the backward pass in its own layout (see StackedMLP), not as T transposed adds
+        ws, bs = list(self.weights._parameters.values()), list(self.biases._parameters.values())
+        sink = self.hidden_sink
+        k, b, steps = x.shape[:3]
+        seq = x.permute(0, 3, 2, 1).reshape(k, -1, steps * b)  # (K, F, T B)
+        for layer in range(self.depth):
+            wi, wh, bi, bh = ws[2 * layer], ws[2 * layer + 1], bs[2 * layer], bs[2 * layer + 1]
+            # the input part of every step in one product, unbound into per-step views (see VanillaLayer)
+            xw = torch.baddbmm(bi.unsqueeze(2), wi, seq).view(k, -1, steps, b).unbind(2)  # T (K, G H, B)
+            h = x.new_zeros(k, self.width, b)
+            out = []
+            for t in range(steps):
+                hw = torch.baddbmm(bh.unsqueeze(2), wh, h)
+                if self.kind == "rnn":
+                    h = self.act(xw[t] + hw)
+                else:
+                    xr, xz, xn = xw[t].chunk(3, 1)
+                    hr, hz, hn = hw.chunk(3, 1)
+                    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+                    n = torch.tanh(xn + r * hn)
+                    h = n + z * (h - n)  # (1 - z) n + z h, as PyTorch's GRU cell computes it
+                if sink is not None:
+                    sink(layer + 1, t + 1, h)
+                out.append(h)
+            seq = torch.stack(out, 2).view(k, self.width, steps * b)  # (K, H, T B)
+        last = seq if self.per_step else out[-1]
+        z = torch.baddbmm(bs[-1].unsqueeze(2), ws[-1], last)  # (K, out, B) or (K, out, T B)
+        if taps is not None:
+            taps.append(z)
+        if self.per_step:
+            return z.view(k, -1, steps, b).permute(0, 3, 2, 1)  # (K, B, T, out)
+        return z.transpose(1, 2)
