@@ -1,6 +1,6 @@
-"""Several runs of one MLP config, differing only in their seed (or init, activation, or optimizer
-arguments), trained as one batched model: ``run_batched(cfgs)`` writes the same run folders as ``vgp run`` of
-each config alone, several times faster for small nets on the CPU.
+"""Several runs of one MLP, vanilla RNN or GRU config, differing only in their seed (or init,
+activation, or optimizer arguments), trained as one batched model: ``run_batched(cfgs)`` writes the
+same run folders as ``vgp run`` of each config alone, several times faster for small nets on the CPU.
 
 Each member is built exactly as alone (``torch.manual_seed(seed)``, its own data set, its own
 init), then the K members' weights are stacked on a leading member dimension: a (K, out, in)
@@ -21,8 +21,12 @@ A member that diverges ends its folder as diverged at the step it would alone; t
 (the diverged member's slice is still computed, and ignored). An exception, Ctrl-C or SIGTERM marks
 every member not yet finished failed or interrupted, as ``vgp run`` would.
 
-What can be batched is decided by :func:`batchable`: model.arch=mlp without batch/layer norm,
-one of vgp's elementwise optimizers, and configs equal except for the keys in :data:`MAY_DIFFER`.
+A vanilla RNN's or GRU's members are stacked in :class:`vgp.models.rnn.StackedRecurrent`, unrolled
+over time (the fused kernels take one weight set), each member's dLoss/dh_t written to its own
+time_grads.csv; an LSTM is not batched (its fused kernel alone is faster on the CPU).
+
+What can be batched is decided by :func:`batchable`: model.arch mlp (without batch/layer norm), rnn
+or gru, one of vgp's elementwise optimizers, and configs equal except for the keys in :data:`MAY_DIFFER`.
 A config key this module does not know (a setting added later) must have its default value.
 """
 
@@ -236,7 +240,8 @@ def _evaluate(net, x, y, task: str, chunk: int):
         yy = y[:, i:i + chunk]
         if task == "classification":  # per example: the mean over its positions, for sequence outputs
             per = yy.shape[1] / yy[0].numel()
-            total += F.cross_entropy(out.flatten(0, -2), yy.flatten(), reduction="none").view(yy.shape).flatten(1).sum(1) * per
+            losses = F.cross_entropy(out.flatten(0, -2), yy.flatten(), reduction="none").view(yy.shape)
+            total += losses.flatten(1).sum(1) * per
             correct += (out.argmax(-1) == yy).float().flatten(1).sum(1) * per
         else:
             total += F.mse_loss(out, yy, reduction="none").sum(_member_dims(out)) / out.shape[-1]
