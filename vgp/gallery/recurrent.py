@@ -131,9 +131,12 @@ def measure_rnn_clipping(sweep) -> Finding:
     unclipped = (all(n.get(f"diverged_none_{g:g}", 0) == n.get(f"runs_none_{g:g}", -1) for g in above)
                  and all(n.get(f"diverged_none_{g:g}", 1) == 0 for g in below))
     # (3) clipping keeps it stable: no clipped run diverges, none has a batch loss above twice its
-    # first, and every one ends (its last tenth of steps) below where it began
+    # first, and every one with gain < 1 ends (its last tenth of steps) below where it began. Above 1
+    # the clipped trajectory is chaotic: where it ends is decided by rounding (one quick-sized run, gain
+    # 2, seed 0, 100 steps, ended at 0.84, 0.19 and 1.11 of its first loss fused, unrolled and batched,
+    # whose gradients agree to 1e-7 at step 0), so there it only has to stay bounded
     clipped = all(n.get(f"diverged_norm_{g:g}", 1) == 0 and n.get(f"spike_norm_{g:g}", math.inf) < 2
-                  and n.get(f"end_norm_{g:g}", math.inf) < 1 for g in gains)
+                  for g in gains) and all(n.get(f"end_norm_{g:g}", math.inf) < 1 for g in below)
     n.update(growth=growth, unclipped_diverge=unclipped, clipped_stable=clipped)
     lo, hi = gains[0], gains[-1]
     steps = int(_num(t, "train.steps").max())
@@ -172,7 +175,8 @@ def measure_rnn_clipping(sweep) -> Finding:
         why = (f"at lr {lr:g} plain SGD did not diverge in every run with gain > 1, or diverged with gain < 1: "
                "the learning rate, not only the gain, decides whether the explosion blows training up")
     elif not clipped:
-        why = "a clipped run diverged, had a batch loss above twice its first, or ended above where it began"
+        why = ("a clipped run diverged, had a batch loss above twice its first, or (with gain < 1) ended above "
+               "where it began")
     if growth and any(decay[g] < 0.9 * g for g in above):
         why = (why + "; " if why else "") + (
             "the typical growth per step stays below the gain itself (only the first step, near h = 0, "
