@@ -99,6 +99,47 @@ def test_q_star_of_a_slow_affine_map_is_its_limit(name, k):
         assert theory.q_star(name, sw2, sb2) == pytest.approx(want, rel=1e-9), (name, growth)
 
 
+@pytest.mark.parametrize("name", ["tanh", "softsign", "elu"])
+def test_q_star_at_the_critical_point_of_an_odd_sigmoid_is_0_and_chi1_is_1(name):
+    """sigma_w^2 phi'(0)^2 = 1, sigma_b^2 = 0 (Poole et al. 2016: the ordered/chaotic boundary at
+    sigma_b = 0): phi(x)^2 < x^2, so q -> sigma_w^2 E[phi(sqrt(q) Z)^2] has no fixed point but 0, and
+    reaches it like 1/l (tanh: q_l ~ 1/(2 l)): 5,000 iterations stopped at q = 1e-4, chi_1 = 0.9998,
+    a depth scale of 5,000 layers instead of inf."""
+    q = theory.q_star(name, 1.0, 0.0)
+    assert q == 0.0
+    assert theory.chi1(name, 1.0, 0.0) == 1.0
+    assert theory.depth_scale(theory.chi1(name, 1.0, 0.0)) == math.inf
+    # just off it the fixed point is the positive root the quadrature reference finds, or 0 below
+    assert theory.q_star(name, 0.99, 0.0) == 0.0
+    assert theory.chi1(name, 0.99, 0.0) == pytest.approx(0.99, rel=1e-12)
+    if name == "tanh":  # the edge of chaos at sigma_b^2 = 0 is sigma_w^2 = 1 (vgp theory --critical printed 1.002)
+        assert theory.critical_weight_var(name, 0.0) == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("sw2,sb2", [(1.001, 0.0), (1.0, 1e-6), (1.0, 1e-8)])
+def test_q_star_of_a_slowly_converging_map_is_the_root_quadrature_finds(sw2, sb2):
+    """Near the critical point at sigma_b^2 = 0 the map's slope at q* is 1 - O(q*): 5,000 layers are too
+    few to converge to 1e-13 (tanh at sigma_w^2 = 1, sigma_b^2 = 1e-8: q* = 7.1e-5, the slope 0.9997).
+    q_star finds the root the iteration is heading to; the reference is scipy's brentq on scipy's
+    quadrature, bracketed around it."""
+    phi, _ = NP["tanh"]
+    g = lambda q: sw2 * quad_expect(lambda x: phi(x) ** 2, q) + sb2 - q  # noqa: E731
+    want = optimize.brentq(g, 1e-7, 0.1, xtol=1e-18, rtol=1e-14)
+    assert theory.q_star("tanh", sw2, sb2) == pytest.approx(want, rel=1e-9)
+
+
+def test_q_star_that_converges_is_unchanged_by_the_root_search():
+    """Where 5,000 layers converge, q_star is the iteration's own limit: iterated here without a cap."""
+    for name, sw2, sb2 in (("tanh", 1.5, 0.05), ("sigmoid", 16.0, 0.5), ("gelu", 1.5, 0.1)):
+        q = sw2 + sb2
+        while True:
+            new = sw2 * theory.forward_var(name, q) + sb2
+            if abs(new - q) <= 1e-13 * q:
+                break
+            q = new
+        assert theory.q_star(name, sw2, sb2) == new
+
+
 @pytest.mark.parametrize("sw2", [0.5, 1.0, 1.7])
 def test_linear_closed_form(sw2):
     assert theory.chi1("identity", sw2, 0.1) == pytest.approx(sw2, rel=1e-12)

@@ -202,17 +202,21 @@ def _gauss(f, q: float) -> float:
 
 
 def forward_var(activation, q: float) -> float:
-    """E[phi(sqrt(q) Z)^2]."""
+    """E[phi(sqrt(q) Z)^2] (at q = 0 exactly phi(0)^2, where the rule's weights would sum it to 1e-15)."""
     act = _act(activation)
     cf = _closed_form(act)
-    return cf[0] * q if cf else _gauss(lambda x: act.phi(x) ** 2, q)
+    if cf:
+        return cf[0] * q
+    return float(act.phi(np.zeros(1))[0] ** 2) if q == 0 else _gauss(lambda x: act.phi(x) ** 2, q)
 
 
 def slope_var(activation, q: float) -> float:
-    """E[phi'(sqrt(q) Z)^2]."""
+    """E[phi'(sqrt(q) Z)^2] (at q = 0 exactly phi'(0)^2: chi_1 = sigma_w^2 phi'(0)^2 at q* = 0)."""
     act = _act(activation)
     cf = _closed_form(act)
-    return cf[1] if cf else _gauss(lambda x: act.dphi(x) ** 2, q)
+    if cf:
+        return cf[1]
+    return float(act.dphi(np.zeros(1))[0] ** 2) if q == 0 else _gauss(lambda x: act.dphi(x) ** 2, q)
 
 
 def q_star(activation, weight_var: float, bias_var: float, input_var: float = 1.0, tol: float = 1e-13,
@@ -225,7 +229,10 @@ def q_star(activation, weight_var: float, bias_var: float, input_var: float = 1.
     q -> sigma_w^2 k q + sigma_b^2, and its limit is taken in closed form: sigma_b^2 / (1 - sigma_w^2 k)
     below sigma_w^2 k = 1, else inf. Iterated, it converges or diverges by the factor sigma_w^2 k per
     layer, which near 1 is too slow for ``max_iter`` steps: relu at sigma_w^2 = 1.999, sigma_b^2 = 0.05
-    stopped at 92 instead of 100, at 2.001 at a finite 1142 instead of inf.
+    stopped at 92 instead of 100, at 2.001 at a finite 1142 instead of inf. Where ``max_iter`` steps do
+    not converge otherwise (a fixed point at which the map's slope is 1, approached like 1/l: tanh at
+    sigma_w^2 = 1, sigma_b^2 = 0), the limit in the direction the iteration moves is found as a root
+    (:func:`_creeping_limit`): 0 there, not the 1e-4 that 5,000 layers reach.
     """
     act = _act(activation)
     q = weight_var * input_var + bias_var
@@ -235,14 +242,48 @@ def q_star(activation, weight_var: float, bias_var: float, input_var: float = 1.
         growth = weight_var * cf[0]
         star = bias_var / (1 - growth) if growth < 1 else math.inf
         return star if star <= limit else math.inf
+    prev = q
     for _ in range(max_iter):
         new = weight_var * forward_var(act, q) + bias_var
         if not math.isfinite(new) or new > limit:
             return math.inf
         if abs(new - q) <= tol * max(q, 1e-300):
-            return new
-        q = new
-    return q
+            return new if new > 1e-300 else 0.0  # (gone to 0 geometrically: gelu's q -> q/4 at sigma_w^2 = 1)
+        prev, q = q, new
+    # still creeping: a fixed point where the map's slope is 1 is approached like 1/l, not geometrically
+    # (tanh at sigma_w^2 = 1, sigma_b^2 = 0: q_l ~ 1/(2 l), 1e-4 after 5,000 layers, where q* = 0)
+    return _creeping_limit(lambda x: weight_var * forward_var(act, x) + bias_var - x, q, q < prev, limit, tol)
+
+
+_MAP_PRECISION = 1e-12  # relative: how far apart q and its image must be to tell them apart (quadrature)
+
+
+def _creeping_limit(gap: Callable[[float], float], q: float, down: bool, limit: float, tol: float) -> float:
+    """The fixed point that an iteration q -> q + gap(q), monotone and still moving from ``q`` (down or
+    up), converges to: the nearest root of ``gap`` in its direction, found by stepping away from ``q``
+    on a geometric grid until ``gap`` changes sign (a 16th of a decade for 4 decades, then by decades),
+    then bisecting to relative ``tol``. A sign counts where ``gap`` exceeds the map's own rounding,
+    1e-12 of q (tanh's gap at sigma_w^2 = 1 is -2 q^2, below that from q = 1e-13 down). Moving down
+    with no sign change down to 1e-300: 0 (the fixed point of a map with phi(0) = 0 and sigma_b^2 = 0);
+    up past ``limit``: inf."""
+    here = q
+    for k in range(1, 10**4):
+        factor = 10 ** (1 / 16) if k <= 64 else 10.0
+        there = here / factor if down else here * factor
+        if (down and there < 1e-300) or (not down and there > limit):
+            return 0.0 if down else math.inf
+        g = gap(there)
+        if (g > _MAP_PRECISION * there) if down else (g < -_MAP_PRECISION * there):  # beyond the map's rounding
+            break
+        here = there
+    lo, hi = (there, here) if down else (here, there)  # gap(lo) >= 0 >= gap(hi): the root is between
+    while hi - lo > tol * hi:
+        mid = 0.5 * (lo + hi)
+        if gap(mid) >= 0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
 
 
 def chi1(activation, weight_var: float, bias_var: float, q: float | None = None) -> float:
