@@ -115,6 +115,22 @@ def test_lightning_fit_records_each_optimizer_step(tmp_path):
     assert float(metrics[0]["lr"]) == 0.1
 
 
+def test_lightning_fp16_loss_scale_is_divided_out_of_the_output_gradients(tmp_path):
+    """16-mixed with a real GradScaler (on the CPU, Lightning would pick bf16 and no scaler, so the plugin is
+    given): the output gradients the hooks saw were S = 1024 times the true ones; the callback passes S
+    to rec.step, so output_grad equals the fp32 run's within fp16 rounding, not 1024 times it."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    _fit(tmp_path / "fp32", max_steps=1, every=1)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    _fit(tmp_path / "fp16", max_steps=1, every=1, plugins=[plugin])
+    want = {r["name"]: float(r["value"]) for r in rows(tmp_path / "fp32", "grad_norms.csv") if r["kind"] == "output_grad"}
+    got = {r["name"]: float(r["value"]) for r in rows(tmp_path / "fp16", "grad_norms.csv") if r["kind"] == "output_grad"}
+    assert set(got) == set(want) == {"net.0", "net.2", "net.4"}
+    for name, v in want.items():
+        assert got[name] == pytest.approx(v, rel=2e-2), name  # fp16 forward and backward
+
+
 def test_lightning_records_once_per_optimizer_step_when_accumulating(tmp_path):
     out = tmp_path / "run"
     before, x, y = _fit(out, max_steps=3, every=1, accumulate_grad_batches=2)  # 3 optimizer steps, 6 batches

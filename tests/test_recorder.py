@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -343,3 +344,43 @@ def test_the_readme_example_runs_and_diagnoses(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vgp", "diagnose", str(folder)], capture_output=True, text=True,
                        env=env, timeout=300)
     assert r.returncode == 0 and "verdict:" in r.stdout, r.stderr
+
+
+def test_a_loss_scale_is_divided_out_of_the_output_gradients(tmp_path):
+    """Mixed precision's loss scaling: the backward pass of S times the loss, the parameters' gradients
+    unscaled before rec.step (as GradScaler.unscale_ does), scale=S: every recorded value equals the
+    unscaled run's (S a power of two: the scaling is exact); without scale=, output_grad is S times too
+    large. Scales that are not positive finite numbers are refused."""
+    def train(out, scale, pass_scale):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+        with vgp.Recorder(model, out=out, every=2, optimizer=opt) as rec:
+            for _ in range(5):
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                (loss * scale).backward()
+                for p in model.parameters():
+                    p.grad /= scale
+                rec.step(loss, scale=torch.tensor(float(scale)) if pass_scale == "tensor" else
+                         (scale if pass_scale else None))
+                opt.step()
+        return pd.read_csv(out / "grad_norms.csv")
+
+    plain = train(tmp_path / "plain", 1, False)
+    for how in (True, "tensor"):
+        scaled = train(tmp_path / f"scaled-{how}", 2.0**16, how)
+        assert (scaled[["step", "name", "kind"]] == plain[["step", "name", "kind"]]).all().all()
+        assert scaled.value.to_numpy() == pytest.approx(plain.value.to_numpy(), rel=1e-6, nan_ok=True)
+    unaware = train(tmp_path / "unaware", 2.0**16, False)
+    z = unaware.kind == "output_grad"
+    assert (unaware.value[z] / plain.value[z]).to_numpy() == pytest.approx(2.0**16, rel=1e-6)
+    model = nn.Sequential(nn.Linear(2, 2))
+    for bad in (0, -1.0, math.inf, math.nan, True, "8"):
+        with vgp.Recorder(model, out=tmp_path / "bad", force=True) as rec:
+            model(torch.randn(3, 2)).sum().backward()
+            with pytest.raises(UserError, match="scale must be a positive finite number"):
+                rec.step(scale=bad)
+            rec.step()

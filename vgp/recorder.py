@@ -207,9 +207,20 @@ class Recorder:
         return step % self.every == 0 and self.diverged_step is None
 
     # -- a step ----------------------------------------------------------------------------------
-    def step(self, loss=None) -> None:
+    def step(self, loss=None, scale=None) -> None:
         """Mark the end of step k's backward pass (call it before clipping and ``optimizer.step()``).
-        ``loss``: the step's loss (a tensor or a number), for metrics.csv and divergence."""
+        ``loss``: the step's loss (a tensor or a number), for metrics.csv and divergence.
+
+        ``scale``: with mixed precision, the loss scale S of this step's backward pass (a positive
+        number or 0-d tensor: ``scaler.get_scale()`` of a ``torch.amp.GradScaler``), once the
+        parameters' gradients are unscaled (``scaler.unscale_(optimizer)`` before this call). The
+        output gradients the hooks saw during the backward pass are S times the true ones: they are
+        divided by S, and ``underflow`` compares |g| S with the smallest normal float32 number, where
+        the backward pass ran. Raises UserError for a scale that is not a positive finite number."""
+        if scale is not None and not isinstance(scale, torch.Tensor):
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+                raise UserError(f"Recorder.step: scale must be a positive finite number (the loss scale), "
+                                f"not {scale!r}")
         k = self.steps_done
         if self.diverged_step is not None:
             self.steps_done += 1
@@ -235,11 +246,13 @@ class Recorder:
             if self.recording(self.steps_done):
                 self._rec.start()  # hooks for the next step's forward pass
             return
+        if scale is not None:
+            scale = torch.as_tensor(scale, dtype=torch.float32, device=self.device).detach().reshape(())
         if self._rec is None:
-            self._discover()
+            self._discover(scale)
         else:
             self._check_grads()
-            self._rec.after_backward()
+            self._rec.after_backward(scale)
         elapsed = time.perf_counter() - self._t0
         lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
         self._waiting = (k, loss, self._rec.total_grad_norm, elapsed, lr)
@@ -252,9 +265,9 @@ class Recorder:
             raise UserError("Recorder.step: no tracked weight has a gradient; call loss.backward() before "
                             "rec.step()")
 
-    def _discover(self) -> None:
+    def _discover(self, scale) -> None:
         """The first recorded step: fix the tracked layers and their activations, then take this
-        step's record from what the discovery hooks saw."""
+        step's record from what the discovery hooks saw (``scale``: the step's loss scale, or None)."""
         d = self._discovery
         d.remove()
         if not d.order:
@@ -281,7 +294,7 @@ class Recorder:
         for j, c in enumerate(d.order):
             if self.activations[j] is not None:
                 _, rec._act_in[j], rec._act_out[j] = d.acts[c]
-        rec.after_backward()
+        rec.after_backward(scale)
         self._rec, self._discovery = rec, None
         self._pairs = rec.applicable()
         self._flat_index = [KINDS.index(kd) * n + i for kd, i in self._pairs]

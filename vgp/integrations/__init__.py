@@ -19,3 +19,13 @@ def finish(rec, exception: BaseException | None) -> None:
         rec.__exit__(None, None, None)
     else:
         rec.__exit__(type(exception), exception, exception.__traceback__)
+
+
+def loss_scale(rec, scaler) -> float | None:
+    """The loss scale of this step's backward pass, for ``rec.step(loss, scale=...)``: ``scaler`` (a
+    ``torch.amp.GradScaler`` or None) where it is enabled and ``rec`` records this step, else None.
+    Read before the optimizer step, which is when the scaler updates it; the frameworks have
+    unscaled the parameters' gradients by then, but not the output gradients the hooks saw."""
+    if scaler is None or not scaler.is_enabled() or not rec.recording(rec.steps_done):
+        return None
+    return scaler.get_scale()  # a host number: one synchronisation, on recorded steps only

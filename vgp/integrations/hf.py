@@ -30,7 +30,7 @@ if not hasattr(TrainerCallback, "on_pre_optimizer_step"):  # older releases have
 import torch
 
 import vgp
-from vgp.integrations import finish
+from vgp.integrations import finish, loss_scale
 
 
 class VGPCallback(TrainerCallback):
@@ -88,7 +88,9 @@ class VGPCallback(TrainerCallback):
             loss = torch.stack(losses).sum()
             if not self._summed:
                 loss = loss / len(losses)
-        self._rec.step(loss)
+        # fp16's GradScaler (on accelerate's optimizer wrapper): the output gradients the hooks saw are S times
+        # the true ones
+        self._rec.step(loss, scale=loss_scale(self._rec, getattr(kwargs.get("optimizer"), "scaler", None)))
 
     def on_train_end(self, args, state, control, **kwargs):
         self._finish(None)

@@ -25,7 +25,7 @@ except ImportError:
         raise ImportError("vgp.integrations.lightning needs Lightning: pip install 'vgp[lightning]'") from None
 
 import vgp
-from vgp.integrations import finish
+from vgp.integrations import finish, loss_scale
 
 
 class VGPCallback(Callback):
@@ -71,7 +71,8 @@ class VGPCallback(Callback):
         if self._rec is None or optimizer is not trainer.optimizers[0]:
             return
         loss, self._loss = self._loss, None
-        self._rec.step(loss)
+        # 16-mixed's GradScaler: the output gradients the hooks saw are S times the true ones
+        self._rec.step(loss, scale=loss_scale(self._rec, getattr(trainer.precision_plugin, "scaler", None)))
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._finish(None)
