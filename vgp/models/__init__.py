@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 
@@ -29,6 +30,18 @@ class Tracked:
     act: nn.Module | None
     output: bool = True
     stream: nn.Module | None = None
+
+
+def stacked_parameters(members: list) -> tuple[nn.ParameterList, nn.ParameterList]:
+    """The members' tracked weights and biases stacked on a leading member dimension, entry by entry of
+    their ``tracked()`` lists (equal in length and shapes): (K, *weight shape) and (K, *bias shape)
+    parameters, copies of the members' own (for :mod:`vgp.batched`)."""
+    tracked = [m.tracked() for m in members]
+    n = len(tracked[0])
+    weights = nn.ParameterList(
+        nn.Parameter(torch.stack([t[i].layer.weight.detach() for t in tracked])) for i in range(n))
+    biases = nn.ParameterList(nn.Parameter(torch.stack([t[i].layer.bias.detach() for t in tracked])) for i in range(n))
+    return weights, biases
 
 
 from vgp.models.mlp import MLP, StackedMLP, mlp  # noqa: E402,F401

@@ -16,7 +16,7 @@ from torch import nn
 
 from vgp.activations import Activation
 from vgp.inits import initialize, lsuv_scale
-from vgp.models import Tracked
+from vgp.models import Tracked, stacked_parameters
 
 
 def make_norm(norm: str, width: int, dims: int = 1) -> nn.Module:
@@ -103,12 +103,7 @@ class StackedMLP(nn.Module):
 
     def __init__(self, members: list, runs: list[tuple[int, int]] | None = None):
         super().__init__()
-        tracked = [m.tracked() for m in members]
-        n = len(tracked[0])
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.stack([t[i].layer.weight.detach() for t in tracked])) for i in range(n))
-        self.biases = nn.ParameterList(
-            nn.Parameter(torch.stack([t[i].layer.bias.detach() for t in tracked])) for i in range(n))
+        self.weights, self.biases = stacked_parameters(members)
         self.skip = [b.skip for b in members[0].blocks]
         runs = runs or [(0, len(members))]
         if [s for s, _ in runs] != [0] + [e for _, e in runs[:-1]] or runs[-1][1] != len(members):

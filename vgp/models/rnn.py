@@ -30,7 +30,7 @@ from torch import nn
 from vgp.activations import Activation
 from vgp.activations import tanh as tanh_activation
 from vgp.inits import init_tensors, initialize
-from vgp.models import Tracked
+from vgp.models import Tracked, stacked_parameters
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # row blocks of W_ih / W_hh (PyTorch's gate order)
 FUSED_RNN = {nn.Tanh: "rnn_tanh", nn.ReLU: "rnn_relu"}  # the only fused vanilla RNNs (torch._VF names)
@@ -187,12 +187,7 @@ class StackedRecurrent(nn.Module):
         first = members[0]
         if first.kind not in ("rnn", "gru"):
             raise ValueError(f"{first.kind}: only rnn and gru nets are stacked")
-        tracked = [m.tracked() for m in members]
-        n = len(tracked[0])
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.stack([t[i].layer.weight.detach() for t in tracked])) for i in range(n))
-        self.biases = nn.ParameterList(
-            nn.Parameter(torch.stack([t[i].layer.bias.detach() for t in tracked])) for i in range(n))
+        self.weights, self.biases = stacked_parameters(members)
         self.kind, self.per_step, self.width, self.depth = first.kind, first.per_step, first.width, len(first.layers)
         self.act = first.layers[0].act if first.kind == "rnn" else None
         self.hidden_sink: Callable[[int, int, torch.Tensor], None] | None = None
