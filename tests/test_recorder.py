@@ -384,3 +384,27 @@ def test_a_loss_scale_is_divided_out_of_the_output_gradients(tmp_path):
             with pytest.raises(UserError, match="scale must be a positive finite number"):
                 rec.step(scale=bad)
             rec.step()
+
+
+def test_underflow_counts_below_the_backward_precisions_smallest_normal(tmp_path):
+    """precision='fp16': underflow is the fraction of each weight gradient's entries with |g| S below
+    fp16's smallest normal number, 6.1e-5 (fp32: 1.2e-38), counted here from p.grad itself; with a
+    loss scale S, below 6.1e-5 / S. An unknown precision is refused."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
+    x, y = torch.randn(32, 16) * 1e-3, torch.randint(0, 4, (32,))  # small inputs: many tiny weight gradients
+    for precision, scale, tiny in (("fp16", None, 2.0**-14), ("fp16", 2.0**10, 2.0**-24), ("fp32", None, 2.0**-126)):
+        out = tmp_path / f"{precision}-{scale}"
+        with vgp.Recorder(model, out=out, every=1, precision=precision) as rec:
+            model.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            want = {n: (m.weight.grad.abs() < tiny).double().mean().item() for n, m in model.named_modules()
+                    if isinstance(m, nn.Linear)}
+            rec.step(scale=scale)
+        g = pd.read_csv(out / "grad_norms.csv")
+        got = {str(k): v for k, v in g[g.kind == "underflow"].set_index("name").value.items()}
+        assert got == pytest.approx(want, abs=1e-12), (precision, scale)
+        if precision == "fp16" and scale is None:
+            assert 0 < got["0"] < 1  # the threshold matters here
+    with pytest.raises(UserError, match="precision must be one of fp32, bf16, fp16"):
+        vgp.Recorder(model, out=tmp_path / "bad", precision="float16")

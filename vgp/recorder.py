@@ -44,7 +44,7 @@ from vgp import activations, analysis, results
 from vgp.errors import UserError
 from vgp.models import Tracked
 from vgp.record import KINDS, GradientRecorder, _unchanged, norm
-from vgp.train import GRAD_COLUMNS, METRIC_COLUMNS, _meta, _record_end, _signals_as_exceptions
+from vgp.train import GRAD_COLUMNS, METRIC_COLUMNS, PRECISIONS, _meta, _record_end, _signals_as_exceptions
 
 # activation modules vgp can describe: class -> (registry name, {argument: module attribute})
 KNOWN_ACTIVATIONS = {
@@ -120,15 +120,21 @@ class _Discovery:
 class Recorder:
     def __init__(self, model: nn.Module, out: str | Path, every: int = 10, *, include=None, exclude=None,
                  kinds=KINDS, force: bool = False, optimizer=None, seed: int | None = None, name: str | None = None,
-                 quiet: bool = True):
+                 quiet: bool = True, precision: str = "fp32"):
         """Record ``model`` into the run folder ``out`` (refused if it holds a finished run, unless
         ``force``). ``every``: record steps 0, every, 2*every, ... ``include``/``exclude``: fnmatch
         patterns (a string or a list) on module names, e.g. ``"transformer.h.*.mlp.*"``; exclude wins.
         ``kinds``: what to record per layer (vgp.record.KINDS). ``optimizer``: its first group's lr
         goes into metrics.csv. ``seed``: written into summary.csv (vgp does not seed anything).
-        ``name``: the run's name in summary.csv (default: the folder's name)."""
+        ``name``: the run's name in summary.csv (default: the folder's name). ``precision``: the
+        autocast precision of the backward pass, fp32, bf16 or fp16 (vgp run's ``train.precision``),
+        whose smallest normal number ``underflow`` compares with (fp16's is 6.1e-5, float32's and
+        bfloat16's 1.2e-38)."""
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise UserError(f"Recorder: every must be a positive integer, not {every!r}")
+        if precision not in PRECISIONS:
+            raise UserError(f"Recorder: precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        self.dtype = PRECISIONS[precision]
         bad = [k for k in kinds if k not in KINDS]
         if bad:
             raise UserError(f"Recorder: unknown kind {bad[0]!r}; kinds are {', '.join(KINDS)}")
@@ -287,7 +293,7 @@ class Recorder:
             self.activations.append(act)
         self._check_grads()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        rec = GradientRecorder(self.tracked, self.activations, params, self.kinds, match_act=True)
+        rec = GradientRecorder(self.tracked, self.activations, params, self.kinds, match_act=True, dtype=self.dtype)
         n = len(self.tracked)
         rec._out_grads = [d.out_grads.get(c) for c in d.order]
         rec._act_in, rec._act_out, rec._outs = [None] * n, [None] * n, [None] * n

@@ -74,7 +74,9 @@ class VGPCallback(TrainerCallback):
             self._finish(RuntimeError("trainer.train() ended without on_train_end, and train() began again"))
         if not state.is_world_process_zero:
             return
-        rec = vgp.Recorder(model, out=self.out, every=self.every, **{"optimizer": optimizer, **self.recorder_kwargs})
+        precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"  # underflow's threshold
+        rec = vgp.Recorder(model, out=self.out, every=self.every,
+                           **{"optimizer": optimizer, "precision": precision, **self.recorder_kwargs})
         rec.__enter__()
         self._rec, self._losses = rec, []
         self._hook = model.register_forward_hook(self._keep_loss, with_kwargs=True)

@@ -27,6 +27,10 @@ except ImportError:
 import vgp
 from vgp.integrations import finish, loss_scale
 
+# Lightning's precision settings -> the precision of the backward pass, for underflow (vgp.Recorder)
+_PRECISIONS = {"16-mixed": "fp16", "16-true": "fp16", "16": "fp16", "bf16-mixed": "bf16", "bf16-true": "bf16",
+               "bf16": "bf16"}
+
 
 class VGPCallback(Callback):
     """Records ``trainer.fit``'s LightningModule with :class:`vgp.Recorder` into the run folder ``out``.
@@ -57,7 +61,8 @@ class VGPCallback(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
-        kwargs = {"optimizer": trainer.optimizers[0] if trainer.optimizers else None, **self.recorder_kwargs}
+        kwargs = {"optimizer": trainer.optimizers[0] if trainer.optimizers else None,
+                  "precision": _PRECISIONS.get(str(trainer.precision), "fp32"), **self.recorder_kwargs}
         rec = vgp.Recorder(pl_module, out=self.out, every=self.every, **kwargs)
         rec.__enter__()
         self._rec, self._loss = rec, None
