@@ -318,6 +318,12 @@ def test_batchable_says_why_not(monkeypatch):
     for reason, cfgs in cases.items():
         why = batched.batchable(cfgs)
         assert why is not None and why.startswith(reason), (reason, why)
+    # recurrent nets: batched on the CPU only (alone on a GPU, each runs cuDNN's fused kernel); MLPs anywhere
+    rnns = cfgs_of({**tiny(model__arch="gru"), "data": ADDING}, seed=[0, 1])
+    assert batched.batchable(rnns) is None and batched.batchable(rnns, torch.device("cpu")) is None
+    assert batched.batchable(rnns, torch.device("cuda", 0)).startswith("model.arch=gru on cuda:0: recurrent nets are "
+                                                                       "batched on the CPU only")
+    assert batched.batchable(ok, torch.device("cuda")) is None
     with pytest.raises(UserError, match="cannot be trained batched: model.depth differs"):
         batched.run_batched(cases["model.depth differs"])
     # a setting batched training does not know (one added to vgp later) must keep its default

@@ -83,8 +83,12 @@ def _differs_ok(key: str) -> bool:
     return any(key == p or key.startswith(p + ".") for p in MAY_DIFFER)
 
 
-def batchable(cfgs: list[config.Config]) -> str | None:
-    """None when ``cfgs`` can be trained as one batched model, else why not (one sentence naming the key)."""
+def batchable(cfgs: list[config.Config], device=None) -> str | None:
+    """None when ``cfgs`` can be trained as one batched model, else why not (one sentence naming the key).
+    ``device`` (where they would run; None: not known yet): recurrent nets are batched on the CPU only.
+    On a GPU each member alone runs cuDNN's fused recurrent kernel, a few launches per layer and step,
+    where the batched step is unrolled over time, several launches per time step (not measured here:
+    no GPU; on the CPU, scripts/bench_rnn_batched.py)."""
     if not cfgs:
         return "no configs"
     defaults = _defaults()
@@ -117,6 +121,9 @@ def batchable(cfgs: list[config.Config]) -> str | None:
         return f"model.activation differs: only an mlp's members may differ in activation ({cfgs[0].model.arch})"
     if len({c.name for c in cfgs}) < len(cfgs):
         return "two configs have the same name"
+    if device is not None and cfgs[0].model.arch != "mlp" and torch.device(device).type != "cpu":
+        return (f"model.arch={cfgs[0].model.arch} on {device}: recurrent nets are batched on the CPU only "
+                "(alone, each runs cuDNN's fused kernel)")
     return None
 
 
@@ -269,10 +276,10 @@ def run_batched(cfgs: list[config.Config], out: str | Path | None = None, force:
     """Train ``cfgs`` as one batched model, each into ``<out>/<name>/`` as :func:`vgp.train.run` would
     (``out`` None: each config's own ``out``). Raises UserError when :func:`batchable` says they cannot
     be, and as ``vgp.train.run`` does otherwise; every member's folder is marked how the group ended."""
-    why = batchable(cfgs)
+    device = train.pick_device(cfgs[0].device) if cfgs else None
+    why = batchable(cfgs, device)
     if why is not None:
         raise UserError(f"these {len(cfgs)} configs cannot be trained batched: {why}")
-    device = train.pick_device(cfgs[0].device)
     from vgp import preflight
 
     for cfg in cfgs:

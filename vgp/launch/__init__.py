@@ -85,8 +85,9 @@ def run_group(cfgs: list, runs: Path, retry_failed: bool = False) -> list[Outcom
                 outcomes[cfg.name] = Outcome(cfg.name, "failed-before")
             else:
                 mine.append(cfg)
-        if len(mine) == 1:
-            later.append(mine.pop())  # alone: run_cell below, once this group's locks are released
+        if len(mine) == 1 or (mine and mine[0].model.arch != "mlp" and not _batched_here(mine)):
+            later += mine  # alone (one cell, or recurrent on a GPU): run_cell below, once the locks are released
+            mine = []
         if mine:
             started, error = time.time(), None
             try:
@@ -104,6 +105,18 @@ def run_group(cfgs: list, runs: Path, retry_failed: bool = False) -> list[Outcom
     for cfg in later:
         outcomes[cfg.name] = run_cell(cfg, runs, retry_failed)
     return [outcomes[cfg.name] for cfg in cfgs]
+
+
+def _batched_here(cfgs: list) -> bool:
+    """Whether :func:`vgp.batched.batchable` accepts ``cfgs`` on the device they would run on (recurrent
+    nets: on the CPU only); a device that is not there runs them alone, where each run fails saying so."""
+    from vgp import batched, train
+
+    try:
+        device = train.pick_device(cfgs[0].device)
+    except UserError:
+        return False
+    return batched.batchable(cfgs, device) is None
 
 
 def _mark_failed(folder: Path, e: Exception, started: float) -> None:
