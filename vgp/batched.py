@@ -426,7 +426,7 @@ def _train(members, net, runs, task, tensors, template, t_start, started, device
     grad_prefixes = [f"{i + 1},{template.names[i]},{kd}" for kd, i in pairs]
     hidden = [i for i, t in enumerate(template.tracked) if t.output and t.act is not None]
     outputs = [i for i, t in enumerate(template.tracked) if t.output]  # output_grad: the taps' layers
-    recurrent = _TimeGrads() if hasattr(net, "hidden_sink") else None
+    recurrent = record.HiddenGrads() if hasattr(net, "hidden_sink") else None  # dLoss/dh_t, per member
     time_keys: list = []
     params = list(net.parameters())
     weights, biases = list(net.weights), list(net.biases)
@@ -486,8 +486,9 @@ def _train(members, net, runs, task, tensors, template, t_start, started, device
                 gn64 = torch.linalg.vector_norm(norms64, dim=0)
                 values = _record(net, taps, out_grads, runs, kinds, weights, biases, prev, want_act, hidden, n_layers,
                                  params, norms64, device, buffers)
-                if recurrent is not None:
-                    time_keys, time_values = recurrent.norms(k, device)  # (P, K)
+                if recurrent is not None:  # each member's norms, (P, K), as alone
+                    time_keys, time_grads = recurrent.take(torch.zeros(k, 1, device=device))
+                    time_values = _exact_norms(time_grads)
                 clipped = torch.zeros(k, dtype=torch.bool, device=device)
                 if clip.mode == "value":
                     amax = torch.stack([g.abs().amax(_member_dims(g)) for g in grads]).amax(0)
@@ -582,27 +583,6 @@ def _train(members, net, runs, task, tensors, template, t_start, started, device
             m.train_s = train_s
         for i in alive:
             _finish(members[i], k, datas[i], device, started, t_start)
-
-
-class _TimeGrads:
-    """dLoss/dh_t of a stacked recurrent net's recorded step (the net's ``hidden_sink``): each
-    member's norm per (layer, t), taken as :class:`vgp.record.GradientRecorder` takes a solo run's."""
-
-    def __init__(self):
-        self.keys: list = []
-        self.grads: dict = {}
-
-    def sink(self, layer: int, t: int, h: torch.Tensor) -> None:
-        self.keys.append((layer, t))
-        if h.requires_grad:
-            h.register_hook(lambda g, key=(layer, t): self.grads.__setitem__(key, g))
-
-    def norms(self, k: int, device) -> tuple[list, torch.Tensor]:
-        """The (layer, t) keys in order, and their (P, K) float64 norms (0 where no gradient reached h_t)."""
-        keys, zero = sorted(self.keys), torch.zeros(k, 1, device=device)
-        values = _exact_norms([self.grads.get(key, zero) for key in keys])
-        self.keys, self.grads = [], {}
-        return keys, values
 
 
 def _underflow(grads: list, buffers: dict) -> torch.Tensor:

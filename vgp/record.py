@@ -179,6 +179,29 @@ def count_below(g: torch.Tensor, thr, scratch: torch.Tensor, dims: tuple | None 
     return below.sum(dtype=dtype) if dims is None else below.sum(dims, dtype=dtype)
 
 
+class HiddenGrads:
+    """dLoss/dh_t of a recurrent net's recorded step: :meth:`sink` is the net's ``hidden_sink``, called
+    with each hidden state h_t (a solo net's (B, H), a stacked one's (K, H, B)); it keeps a reference
+    to h_t's full gradient by (layer, t). :meth:`take` gives them back after the backward pass."""
+
+    def __init__(self):
+        self.keys: list[tuple[int, int]] = []
+        self.grads: dict = {}  # (layer, t) -> dLoss/dh_t
+
+    def sink(self, layer: int, t: int, h: torch.Tensor) -> None:
+        self.keys.append((layer, t))
+        if h.requires_grad:
+            h.register_hook(lambda g, key=(layer, t): self.grads.__setitem__(key, g))
+
+    def take(self, zero: torch.Tensor) -> tuple[list[tuple[int, int]], list[torch.Tensor]]:
+        """The (layer, t) keys in order (layer by layer, t in order) and their gradients, ``zero``
+        where none reached h_t; then forgets them."""
+        keys = sorted(self.keys)
+        grads = [self.grads.get(k, zero) for k in keys]
+        self.keys, self.grads = [], {}
+        return keys, grads
+
+
 def _bias(layer) -> torch.Tensor | None:
     """A layer's own trainable bias, if it has one (an Embedding has no ``bias`` attribute; some
     modules keep a buffer, such as a causal mask, under that name)."""
@@ -245,8 +268,7 @@ class GradientRecorder:
         self._bias_pos = torch.tensor([pos[id(b)] for b in self.biases], dtype=torch.long)
         self.total_grad_norm: torch.Tensor | None = None  # set by after_backward
         self.model = model if hasattr(model, "hidden_sink") else None
-        self._time: dict = {}  # (layer, t) -> dLoss/dh_t
-        self._time_keys: list = []
+        self._time = HiddenGrads()
         self.time_keys: list[tuple[int, int]] = []  # (layer, t) of time_values, after after_backward
         self.time_values: torch.Tensor | None = None  # (len(time_keys),) norms of dLoss/dh_t
         self._values: torch.Tensor | None = None
@@ -297,8 +319,8 @@ class GradientRecorder:
         self._act_out = [None] * n
         self._outs = [None] * n
         if self.model is not None:
-            self._time, self._time_keys = {}, []
-            self.model.hidden_sink = self._hidden
+            self._time = HiddenGrads()
+            self.model.hidden_sink = self._time.sink
         for i, t in enumerate(self.tracked):
             keep = self.match_act and self._want_act and self.has_act[i]
             want_z = self._want_z and t.output
@@ -327,12 +349,6 @@ class GradientRecorder:
                 output.register_hook(add)
 
         return hook
-
-    def _hidden(self, layer: int, t: int, h: torch.Tensor) -> None:
-        """Called by a recurrent net with each hidden state: keep a reference to its full gradient."""
-        self._time_keys.append((layer, t))
-        if h.requires_grad:
-            h.register_hook(lambda g, key=(layer, t): self._time.__setitem__(key, g))
 
     def _act_hook(self, i):
         keep_input = self.acts[i].saturated is None  # z is needed only without a shortcut
@@ -385,13 +401,11 @@ class GradientRecorder:
         if "underflow" in self.kinds:
             values[row["underflow"], self._weight_index] = self._underflow(grads, norms, scale)
         if self.model is not None:
-            keys = sorted(self._time_keys)  # layer by layer, t in order
-            zero = torch.zeros(1, device=values.device)
+            keys, time_grads = self._time.take(torch.zeros(1, device=values.device))
             self.time_keys = keys
-            self.time_values = _norms([self._time.get(k, zero).float() for k in keys]) if keys else None
+            self.time_values = _norms([g.float() for g in time_grads]) if keys else None
             if keys and scale is not None:
                 self.time_values /= scale
-            self._time, self._time_keys = {}, []
         self._values = values
         self._out_grads = [None] * n
         self._act_in = [None] * n

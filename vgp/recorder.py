@@ -221,8 +221,9 @@ class Recorder:
         number or 0-d tensor: ``scaler.get_scale()`` of a ``torch.amp.GradScaler``), once the
         parameters' gradients are unscaled (``scaler.unscale_(optimizer)`` before this call). The
         output gradients the hooks saw during the backward pass are S times the true ones: they are
-        divided by S, and ``underflow`` compares |g| S with the smallest normal float32 number, where
-        the backward pass ran. Raises UserError for a scale that is not a positive finite number."""
+        divided by S, and ``underflow`` compares |g| S with the smallest normal number of the
+        recorder's ``precision``, where the backward pass ran. Raises UserError for a scale that is
+        not a positive finite number."""
         if scale is not None and not isinstance(scale, torch.Tensor):
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
                 raise UserError(f"Recorder.step: scale must be a positive finite number (the loss scale), "
